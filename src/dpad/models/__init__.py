@@ -169,18 +169,43 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
     return LoadedModel(model=model, tokenizer=tok, path=p, config=cfg)
 
 
-def save(model: Transformer, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Save in the official layout (config.json + model.safetensors with official key names)."""
+def save(model: Transformer, path: str | Path, dtype: torch.dtype = torch.float32,
+         max_shard_mb: float | None = None) -> Path:
+    """Save in the official layout: config.json + model.safetensors with official key names,
+    or ``model-0000i-of-0000n.safetensors`` shards plus ``model.safetensors.index.json`` when
+    the weights exceed ``max_shard_mb``."""
     from safetensors.torch import save_file
 
     args = model.args
     mod = _arch_module(args.arch)
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
     if mod is not llada:
         raise NotImplementedError("saving is implemented for LLaDA-architecture models")
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
     tensors = {mod.checkpoint_key(k, args): v.detach().to("cpu", dtype).contiguous()
                for k, v in model.state_dict().items()}
-    save_file(tensors, str(p / "model.safetensors"), metadata={"format": "pt"})
+    for old in list(p.glob("model*.safetensors")) + [p / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)
+    limit = None if max_shard_mb is None else max_shard_mb * 2**20
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if limit is None or total <= limit:
+        save_file(tensors, str(p / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for k in sorted(tensors):
+            nbytes = tensors[k].numel() * tensors[k].element_size()
+            if shards[-1] and size + nbytes > limit:
+                shards.append({})
+                size = 0
+            shards[-1][k] = tensors[k]
+            size += nbytes
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(p / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        (p / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1) + "\n")
     (p / "config.json").write_text(json.dumps(llada.config_from_args(args), indent=2) + "\n")
     return p

@@ -1,0 +1,192 @@
+"""Unmasking policies: which masked positions of the current block to commit, and to what.
+
+Two separable questions, answered in float64 on the block's logits only:
+
+1. *Proposal* — a token and a confidence per position. Temperature 0 is argmax; temperature > 0 is
+   Gumbel-max in float64 (``exp(l) / (-log u) ** T``); ``top_k``/``top_p`` filter first.
+   Confidence: ``low_confidence``/``maskgit_plus`` (probability of the proposed token),
+   ``topk_margin`` (top-1 minus top-2 probability), ``entropy`` (negative entropy),
+   ``random`` (uniform), ``origin`` (Dream: each mask revealed with probability 1 - s/t).
+2. *How many* — ``Threshold`` (Fast-dLLM: the most confident always, every other one with
+   confidence >= tau), ``Factor`` (accept the n-th while c_n >= 1 - f/(n+1)), or a fixed
+   schedule: ``llada`` (the block's masks spread evenly over its steps, remainder first) or
+   ``dream`` (linear timesteps 1 -> eps: int(m * (1 - s/t)) at each step, all at the last).
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def llada_schedule(n_masks: int, steps: int) -> list[int]:
+    """Tokens to commit at each of ``steps`` steps: base count, remainder on the first steps."""
+    base, rem = divmod(n_masks, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+class Proposer:
+    def __init__(self, confidence: str, temperature: float, top_p: float | None, top_k: int | None,
+                 gen: torch.Generator) -> None:
+        self.confidence, self.temperature = confidence, temperature
+        self.top_p, self.top_k, self.gen = top_p, top_k, gen
+
+    def _filter(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        if self.top_p is not None and self.top_p < 1.0:
+            sorted_l, order = torch.sort(logits, descending=True, dim=-1)
+            cum = sorted_l.softmax(-1).cumsum(-1)
+            drop_sorted = cum > self.top_p
+            drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+            drop_sorted[..., 0] = False
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, NEG_INF)
+        return logits
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [..., n, V] -> (tokens [..., n], confidence [..., n]) in float64."""
+        logits = self._filter(logits.to(torch.float64))
+        if self.temperature > 0:
+            u = torch.rand(logits.shape, generator=self.gen, dtype=torch.float64).to(logits.device)
+            x0 = torch.argmax(logits.exp() / (-torch.log(u)) ** self.temperature, dim=-1)
+        else:
+            x0 = torch.argmax(logits, dim=-1)
+        p = torch.softmax(logits, dim=-1)
+        c = self.confidence
+        if c in ("low_confidence", "maskgit_plus"):
+            conf = torch.gather(p, -1, x0[..., None])[..., 0]
+        elif c == "topk_margin":
+            top2 = torch.topk(p, 2, dim=-1).values
+            conf = top2[..., 0] - top2[..., 1]
+        elif c == "entropy":
+            conf = (p * torch.log(p + 1e-10)).sum(-1)
+        elif c in ("random", "origin"):
+            conf = torch.rand(x0.shape, generator=self.gen, dtype=torch.float64).to(logits.device)
+        else:  # pragma: no cover - validated by DecodeConfig
+            raise ValueError(c)
+        return x0, conf
+
+
+class CountRule:
+    """Decides which masked positions to commit from their confidences."""
+
+    def start_block(self, n_masks: int) -> None:
+        pass
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+        """conf, masked: [n] -> bool [n] of positions to commit (a subset of ``masked``)."""
+        raise NotImplementedError
+
+
+def _ranked(conf: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    c = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
+    n = int(masked.sum())
+    vals, idx = torch.topk(c, n)
+    return vals, idx
+
+
+class Threshold(CountRule):
+    def __init__(self, tau: float) -> None:
+        self.tau = tau
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+        out = torch.zeros_like(masked)
+        if not masked.any():
+            return out
+        vals, idx = _ranked(conf, masked)
+        accept = vals >= self.tau
+        accept[0] = True
+        out[idx[accept]] = True
+        return out
+
+
+class Factor(CountRule):
+    def __init__(self, f: float) -> None:
+        self.f = f
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+        out = torch.zeros_like(masked)
+        if not masked.any():
+            return out
+        vals, idx = _ranked(conf, masked)
+        n = torch.arange(1, len(vals) + 1, dtype=vals.dtype, device=vals.device)
+        ok = vals >= 1 - self.f / (n + 1)
+        ok[0] = True
+        k = int(torch.cumprod(ok.to(torch.int64), 0).sum())
+        out[idx[:k]] = True
+        return out
+
+
+class TopK(CountRule):
+    """Commit the k most confident masks, k from a fixed schedule. With ``alg_temp`` > 0 the
+    positions are sampled (multinomial over softmax(conf / alg_temp)) instead of top-k."""
+
+    def __init__(self, kind: str, steps_per_block: int, eps: float, alg_temp: float,
+                 gen: torch.Generator) -> None:
+        self.kind, self.spb, self.alg_temp, self.gen = kind, steps_per_block, alg_temp, gen
+        self.timesteps = torch.linspace(1, eps, steps_per_block + 1, dtype=torch.float32)
+        self.plan: list[int] = []
+
+    def start_block(self, n_masks: int) -> None:
+        self.plan = llada_schedule(n_masks, self.spb) if self.kind == "llada" else []
+
+    def count(self, n_masks: int, step: int) -> int:
+        if step >= self.spb - (0 if self.kind == "llada" else 1):
+            return n_masks  # the schedule is spent: everything left
+        if self.kind == "llada":
+            return self.plan[step]
+        t, s = self.timesteps[step], self.timesteps[step + 1]
+        m = torch.tensor(float(n_masks), dtype=torch.float32)
+        return int(m * (1 - s / t))
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+        out = torch.zeros_like(masked)
+        n = int(masked.sum())
+        k = min(self.count(n, step), n)
+        if k <= 0:
+            return out
+        c = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
+        if self.alg_temp > 0:
+            w = torch.softmax(c / self.alg_temp, dim=-1)
+            idx = torch.multinomial(w.cpu(), k, replacement=False, generator=self.gen).to(c.device)
+        else:
+            idx = torch.topk(c, k).indices
+        out[idx] = True
+        return out
+
+
+class Origin(TopK):
+    """Dream ``origin``: each masked position is revealed with probability 1 - s/t."""
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+        if step >= self.spb - 1:
+            return masked.clone()
+        t, s = float(self.timesteps[step]), float(self.timesteps[step + 1])
+        return masked & (conf < 1 - s / t)
+
+
+class Unmasker:
+    """Proposal + count rule, bound to one decode run."""
+
+    def __init__(self, cfg, family: str, gen: torch.Generator) -> None:  # noqa: ANN001
+        self.proposer = Proposer(cfg.confidence, cfg.temperature, cfg.top_p, cfg.top_k, gen)
+        kind = cfg.schedule if cfg.schedule != "auto" else ("dream" if family == "dream" else "llada")
+        if cfg.threshold is not None:
+            self.rule: CountRule = Threshold(cfg.threshold)
+        elif cfg.factor is not None:
+            self.rule = Factor(cfg.factor)
+        elif cfg.confidence == "origin":
+            self.rule = Origin("dream", cfg.steps_per_block, cfg.eps, 0.0, gen)
+        else:
+            self.rule = TopK(kind, cfg.steps_per_block, cfg.eps, cfg.alg_temp, gen)
+
+    def start_block(self, n_masks: int) -> None:
+        self.rule.start_block(n_masks)
+
+    def select(self, logits: torch.Tensor, masked: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [n, V], masked [n] -> (commit mask [n], tokens [n])."""
+        x0, conf = self.proposer(logits)
+        return self.rule.select(conf, masked, step), x0
