@@ -1,0 +1,239 @@
+"""Hostile and ordinary programs in the sandbox; the test process must always survive."""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from dpad.eval.sandbox import check_mbpp, check_program, isolation_method, run_python
+
+PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
+TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
+
+
+def test_passing_and_failing_humaneval_check():
+    ok = check_program(PROMPT, "    return a + b\n", TEST, "add")
+    assert ok.passed and ok.status == "passed", ok.stderr
+    bad = check_program(PROMPT, "    return a - b\n", TEST, "add")
+    assert not bad.passed and bad.status == "failed"
+    assert "AssertionError" in bad.stderr
+    syntax = check_program(PROMPT, "    return a +\n", TEST, "add")
+    assert syntax.status == "failed" and "SyntaxError" in syntax.stderr
+
+
+def test_mbpp_check():
+    tests = ["assert square(3) == 9", "assert square(-2) == 4"]
+    assert check_mbpp("def square(x):\r\n    return x * x", tests).passed
+    assert check_mbpp("def square(x):\n    return math.pow(x, 2)", tests, "import math").passed
+    assert check_mbpp("def square(x):\n    return x + x", tests).status == "failed"
+
+
+def test_stdout_and_cwd_is_private_temp_dir():
+    res = run_python(
+        "import os\nprint(os.getcwd())\nopen('out.txt', 'w').write('hi')\nprint(open('out.txt').read())"
+    )
+    assert res.passed, res.stderr
+    cwd, content = res.stdout.split()
+    assert content == "hi"
+    assert not os.path.exists(cwd), "temporary directory must be removed"
+
+
+def test_infinite_loop_times_out_promptly():
+    t0 = time.monotonic()
+    res = run_python("while True:\n    pass\n", timeout_s=1.0)
+    elapsed = time.monotonic() - t0
+    assert res.status == "timeout" and not res.passed
+    assert elapsed < 4.0
+
+
+def test_sleeping_program_times_out():
+    res = run_python("import time\ntime.sleep(30)\n", timeout_s=0.5)
+    assert res.status == "timeout"
+    assert res.duration_s < 3.0
+
+
+@pytest.mark.parametrize("namespaces", [True, False])
+def test_fork_bomb_is_blocked_by_guard(namespaces):
+    code = textwrap.dedent(
+        """
+        import os, time
+        for _ in range(10000):
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+        """
+    )
+    t0 = time.monotonic()
+    res = run_python(code, timeout_s=5.0, namespaces=namespaces)
+    assert res.status == "failed"
+    assert "os.fork is disabled" in res.stderr
+    assert time.monotonic() - t0 < 5.0
+    for other in (
+        "import subprocess\nsubprocess.run(['true'])",
+        "import multiprocessing as mp\np = mp.Process(target=print)\np.start()\np.join()",
+        "import os\nos.system('true')",
+        "import posix\nposix.fork()",
+        "import ctypes",
+    ):
+        res = run_python(other, timeout_s=5.0, namespaces=namespaces)
+        assert res.status == "failed", (other, res)
+
+
+def test_forked_children_never_outlive_the_run():
+    # Guard off: the only protection left is the process group / PID namespace cleanup.
+    code = textwrap.dedent(
+        """
+        import os, time
+        for _ in range(5):
+            if os.fork() == 0:
+                print(os.readlink("/proc/self"), flush=True)  # pid as seen from the host
+                time.sleep(60)
+                os._exit(0)
+        time.sleep(0.3)
+        """
+    )
+    res = run_python(code, timeout_s=5.0, guard=False)
+    assert res.status == "passed", res.stderr
+    pids = [int(p) for p in res.stdout.split()]
+    assert len(pids) == 5
+    time.sleep(0.2)
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    assert alive == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="RLIMIT_NPROC is not enforced for root (the guard covers it)")
+def test_nproc_limit_without_guard():
+    code = textwrap.dedent(
+        """
+        import os, time
+        n = 0
+        try:
+            for _ in range(200):
+                if os.fork() == 0:
+                    time.sleep(5)
+                    os._exit(0)
+                n += 1
+        except OSError:
+            print("limited", n)
+        """
+    )
+    res = run_python(code, timeout_s=10.0, max_procs=8, guard=False)
+    assert "limited" in res.stdout, (res.stdout, res.stderr)
+
+
+def test_memory_blowup_is_an_error_not_a_crash():
+    res = run_python(
+        "x = []\nwhile True:\n    x.append(bytearray(16 * 1024 * 1024))\n", memory_mb=256, timeout_s=10
+    )
+    assert res.status == "error" and not res.passed
+    assert "MemoryError" in res.stderr
+    res = run_python("x = bytearray(8 * 1024 ** 3)\n", memory_mb=256)
+    assert res.status == "error"
+
+
+def test_writes_outside_the_directory_are_blocked():
+    target = f"/tmp/dpad_escape_test_{uuid.uuid4().hex}"
+    attempts = [
+        f"open({target!r}, 'w').write('x')",
+        f"import os\nos.close(os.open({target!r}, os.O_WRONLY | os.O_CREAT))",
+        f"import pathlib\npathlib.Path({target!r}).write_text('x')",
+        f"open('../../../../../../..' + {target!r}, 'a').write('x')",
+        f"import os\nos.symlink({target!r}, 'link')\nopen('link', 'w').write('x')",
+        f"import os\nos.mkdir({target!r})",
+        f"import shutil\nshutil.copy(__file__, {target!r})",
+    ]
+    try:
+        for code in attempts:
+            res = run_python(code)
+            assert res.status == "failed", (code, res)
+            assert "PermissionError" in res.stderr, (code, res.stderr)
+            assert not os.path.exists(target), code
+    finally:
+        if os.path.isdir(target):
+            os.rmdir(target)
+        elif os.path.lexists(target):
+            os.remove(target)
+
+
+@pytest.mark.parametrize("namespaces", [True, False])
+def test_killing_the_parent_does_not_work(namespaces):
+    my_pid = os.getpid()
+    for code in (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+        f"import os, signal\nos.kill({my_pid}, signal.SIGKILL)",
+        "import os, signal\nos.killpg(0, signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)",
+    ):
+        res = run_python(code, namespaces=namespaces)
+        assert res.status == "failed", (code, res)
+    if namespaces and "pid" in isolation_method():
+        # unguarded, the PID namespace alone still protects us (getppid() is 0 in there)
+        res = run_python("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", guard=False)
+        assert res.status in ("passed", "failed", "error")
+    assert os.getpid() == my_pid  # still here
+
+
+def test_environment_secrets_are_not_inherited(monkeypatch):
+    monkeypatch.setenv("DPAD_SECRET", "hunter2-do-not-leak")
+    res = run_python("import os\nprint(os.environ.get('DPAD_SECRET'))\nprint(sorted(os.environ))")
+    assert res.passed, res.stderr
+    assert "hunter2" not in res.stdout
+    assert res.stdout.splitlines()[0] == "None"
+    leak = run_python(f"print(open('/proc/{os.getpid()}/environ').read())")
+    assert leak.status == "failed" and "hunter2" not in leak.stdout
+
+
+def test_network_is_disabled():
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    code = (
+        f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')"
+    )
+    try:
+        res = run_python(code)
+        assert res.status == "failed" and "connected" not in res.stdout
+        raw = f"import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))\nprint('connected')"
+        res = run_python(raw)
+        assert res.status == "failed" and "connected" not in res.stdout
+        if isolation_method() != "none":
+            # the network namespace alone already blocks it
+            res = run_python(raw, guard=False)
+            assert res.status == "failed" and "connected" not in res.stdout, res
+    finally:
+        server.close()
+
+
+def test_output_is_capped():
+    res = run_python(
+        "import sys\nfor _ in range(100000):\n    sys.stdout.write('x' * 100)\n", max_output_bytes=1000
+    )
+    assert len(res.stdout) < 1100
+    assert "truncated" in res.stdout
+    flood = run_python(
+        "while True:\n    print('y' * 10000)\n", max_file_mb=1, max_output_bytes=100, timeout_s=5
+    )
+    assert flood.status == "error" and len(flood.stdout) < 200
+
+
+def test_isolation_method_is_reported():
+    assert isolation_method() in (
+        "unshare(net,pid)",
+        "unshare(user,net,pid)",
+        "unshare(net)",
+        "unshare(user,net)",
+        "none",
+    )
