@@ -51,7 +51,7 @@ ASSISTANT_TOKEN = "<|assistant|>"
 # Ids 0..4, in this order.
 SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, MASK_TOKEN, UNK_TOKEN, USER_TOKEN, ASSISTANT_TOKEN)
 
-MODEL_MAX_LENGTH = 512
+MODEL_MAX_LENGTH = 4096
 
 PRETOKENIZE_PATTERN = r"####| ?[A-Za-z]+|[0-9]|\n| |[^ \nA-Za-z0-9]"
 
