@@ -1,0 +1,115 @@
+"""The public API: ``load()`` a checkpoint (the embedded model by default) and ``generate()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DecodeConfig
+from .engine import GenerationOutput, decode
+from .errors import ConfigError
+from .models import LoadedModel
+from .models import load as _load_checkpoint
+
+EMBEDDED_MODEL = Path(__file__).parent / "assets" / "embedded"
+
+
+def embedded_model_path() -> Path:
+    """The directory of the tiny dLLM shipped inside the package (see MODEL_CARD.md)."""
+    return EMBEDDED_MODEL
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"device={device!r} is not a valid torch device (e.g. cpu, cuda, cuda:1)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
+    return dev
+
+
+def load(path: str | Path | None = None, device: str | torch.device | None = "auto",
+         dtype: str | torch.dtype | None = "auto") -> LoadedModel:
+    """Load a LLaDA/Dream checkpoint directory; ``path=None`` loads the embedded model.
+
+    ``dtype='auto'`` is bfloat16 on CUDA and float32 on CPU.
+    """
+    dev = resolve_device(device)
+    if dtype is None or dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    return _load_checkpoint(EMBEDDED_MODEL if path is None else path, device=dev, dtype=dtype)
+
+
+@dataclass
+class Generation:
+    """One prompt's result: the response text (up to the first EOS), token ids and stats."""
+
+    text: str | None
+    prompt_ids: list[int]
+    response_ids: list[int]
+    generated_ids: list[int]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "prompt_ids": self.prompt_ids, "response_ids": self.response_ids,
+                "generated_ids": self.generated_ids, **self.stats}
+
+
+def encode_prompt(lm: LoadedModel, prompt: str | list[int], chat: bool | None = None) -> list[int]:
+    """Token ids for a prompt: ids pass through; text is tokenized (with the chat template when
+    ``chat`` is True, or when ``chat`` is None and the tokenizer has one)."""
+    if isinstance(prompt, (list, tuple)) or isinstance(prompt, torch.Tensor):
+        ids = [int(t) for t in prompt]
+        bad = [t for t in ids if not 0 <= t < lm.args.vocab_size]
+        if bad:
+            raise ConfigError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {lm.args.vocab_size})")
+        return ids
+    if not isinstance(prompt, str):
+        raise ConfigError(f"a prompt must be text or a list of token ids, got {type(prompt).__name__}")
+    tok = lm.tokenizer
+    if tok is None:
+        raise ConfigError("this checkpoint has no tokenizer files: pass token ids (e.g. --prompt-ids 1,2,3)")
+    use_chat = chat if chat is not None else bool(getattr(tok, "chat_template", None))
+    if use_chat:
+        if not getattr(tok, "chat_template", None):
+            raise ConfigError("chat=True but the tokenizer has no chat template; use chat=False")
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                       tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+    return tok(prompt, add_special_tokens=False)["input_ids"]
+
+
+def to_generation(lm: LoadedModel, out: GenerationOutput) -> Generation:
+    resp = out.generated[: out.response_length]
+    text = lm.tokenizer.decode(resp, skip_special_tokens=True) if lm.tokenizer is not None else None
+    return Generation(text=text, prompt_ids=out.prompt, response_ids=resp, generated_ids=out.generated,
+                      stats=out.stats())
+
+
+def generate(lm: LoadedModel, prompts: str | list[int] | list[str] | list[list[int]],
+             config: DecodeConfig | None = None, *, chat: bool | None = None,
+             **overrides: Any) -> Generation | list[Generation]:
+    """Decode one prompt (text or ids) or a list of them. Returns one Generation per prompt
+    (a single Generation when a single prompt was given)."""
+    cfg = config or DecodeConfig()
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    single = isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                          and isinstance(prompts[0], int))
+    batch = [prompts] if single else list(prompts)
+    if not batch:
+        raise ConfigError("no prompts given")
+    encoded = [encode_prompt(lm, p, chat) for p in batch]
+    for ids in encoded:  # validate every prompt before any heavy work
+        from .engine.loop import check_length
+
+        check_length(len(ids), cfg, lm.args.max_seq_len)
+    results = [to_generation(lm, decode(lm.model, ids, cfg, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id))
+               for ids in encoded]
+    return results[0] if single else results
