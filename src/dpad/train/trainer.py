@@ -42,6 +42,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_steps: int = 20000
     time_limit_min: float = 0.0  # 0 = no limit; else the LR schedule follows max(step, time) progress
+    stop_after_steps: int = 0  # >0: save and stop at this step (continue later with --resume)
     eps: float = 1e-3
     short_frac: float = 0.5
     max_pad_short: int = 32
@@ -351,7 +352,7 @@ def train(cfg: TrainConfig) -> dict:
     def snapshot() -> dict:
         return {"batcher": batcher.rng.bit_generator.state, "gen": gen.get_state()}
 
-    while progress() < 1.0:
+    while progress() < 1.0 and not (cfg.stop_after_steps and step >= cfg.stop_after_steps):
         lr = _lr(cfg, step, progress())
         for g in opt.param_groups:
             g["lr"] = lr
@@ -382,6 +383,10 @@ def train(cfg: TrainConfig) -> dict:
             last_ckpt = time.time()
     bar.close()
     elapsed = time.time() - start + elapsed0
+    if cfg.stop_after_steps and step >= cfg.stop_after_steps and progress() < 1.0:
+        _write_checkpoint(model, opt, cfg, step, elapsed, tok_dir, history, snapshot())
+        print(f"[paused] step {step}: continue with --resume {cfg.out}", flush=True)
+        return {"step": step, "elapsed_s": elapsed, "paused": True}
     ev = evaluate(model, enc, val_probs, cfg.eval_gen)
     history.append({"step": step, "elapsed_s": round(elapsed, 1), **{k: v for k, v in ev.items() if k != "sample"}})
     final: dict = {"step": step, "elapsed_s": elapsed, "tokens_seen_this_run": tokens, "validation": ev}
