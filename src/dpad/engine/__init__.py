@@ -1,5 +1,6 @@
-"""The decode engine: one loop (``loop.decode``) composed of separate policies."""
+"""The decode engine: one loop (``loop.decode_batch``; ``loop.decode`` is its one-row case)
+composed of separate policies."""
 
-from .loop import GenerationOutput, decode
+from .loop import BlockEvent, GenerationOutput, decode, decode_batch
 
-__all__ = ["GenerationOutput", "decode"]
+__all__ = ["BlockEvent", "GenerationOutput", "decode", "decode_batch"]
