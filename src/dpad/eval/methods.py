@@ -1,0 +1,159 @@
+"""Benchmark method names (the speed-up ladder) and how each maps to a :class:`DecodeConfig`.
+
+A method is a ``+``-joined set of parts: ``vanilla`` | ``et`` (early termination) | ``parallel``
+(Fast-dLLM threshold decoding) | ``prefix`` / ``dual`` (KV cache) | ``dpad`` (Gaussian suffix
+dropout, which implies early termination as in the paper). Parts may be given in any order
+(``parallel+prefix+et`` == ``et+parallel+prefix``); :func:`canonical_method` returns the
+order of :meth:`DecodeConfig.method_name`.
+
+The *switches* (threshold, cache, suffix policy, early termination) come from the method; the
+*parameters* (gen length, block length, DPad's W, k, a; Dream's confidence and schedule) come
+from :func:`default_params`: the published preset for the model family and task, or the
+embedded model's defaults (:data:`EMBEDDED_DEFAULTS`). Explicit decoding flags override both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import PRESETS, DecodeConfig
+from ..errors import ConfigError
+
+__all__ = [
+    "EMBEDDED_DEFAULTS",
+    "LADDER",
+    "METHOD_PARTS",
+    "PARALLEL_THRESHOLD",
+    "canonical_method",
+    "default_params",
+    "method_config",
+    "model_family",
+    "resolve_config",
+]
+
+LADDER: tuple[str, ...] = (
+    "vanilla", "et", "dpad", "parallel", "parallel+dpad", "parallel+prefix", "parallel+prefix+dpad",
+    "parallel+dual", "parallel+dual+dpad",
+)
+"""The speed-up ladder of the DPad paper (Fast-dLLM rows with and without DPad)."""
+
+METHOD_PARTS: tuple[str, ...] = ("vanilla", "et", "parallel", "prefix", "dual", "dpad")
+PARALLEL_THRESHOLD = 0.9
+"""Fast-dLLM's confidence threshold, used by every ``parallel`` method unless overridden."""
+
+EMBEDDED_DEFAULTS: dict[str, Any] = {
+    "gen_length": 256, "block_length": 32, "window": 128, "sigma": 4.0, "scale": 2.0,
+}
+"""Parameters for the embedded 5.5M-parameter model (answers of ~50 tokens, trained with up to
+2,100 tokens of EOS padding). Block 32 as in the paper. DPad keeps W=128 suffix positions at
+most, k=4, a=2 (the LLaDA-Instruct GSM8K k and a): about 32 kept tokens per block, enough
+for the model to place its EOS, while the cost of a forward stays independent of gen length."""
+
+# task -> preset task key (arith is GSM8K-formatted, so GSM8K settings apply to real models)
+_TASK_KEYS = {"arith": "gsm8k", "gsm8k": "gsm8k", "math": "math", "humaneval": "humaneval", "mbpp": "mbpp"}
+_DPAD_KEYS = ("gen_length", "block_length", "window", "sigma", "scale", "confidence", "schedule")
+
+
+def canonical_method(name: str) -> str:
+    """Validate a method name and return it in canonical part order (``et+parallel+prefix``)."""
+    parts = [p.strip().lower() for p in str(name).split("+") if p.strip()]
+    if not parts:
+        raise ConfigError(f"method {name!r} is empty; use e.g. {', '.join(LADDER)}")
+    unknown = [p for p in parts if p not in METHOD_PARTS]
+    if unknown:
+        raise ConfigError(f"method {name!r}: unknown part(s) {', '.join(unknown)}; parts are "
+                          f"{' | '.join(METHOD_PARTS)} joined by '+', e.g. {', '.join(LADDER)}")
+    if "vanilla" in parts and len(parts) > 1:
+        raise ConfigError(f"method {name!r}: 'vanilla' cannot be combined with other parts")
+    if "prefix" in parts and "dual" in parts:
+        raise ConfigError(f"method {name!r}: choose one cache, prefix or dual")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"method {name!r} repeats a part")
+    return _switches_to_config(set(parts), DecodeConfig()).method_name()
+
+
+def _switches_to_config(parts: set[str], base: DecodeConfig) -> DecodeConfig:
+    dpad = "dpad" in parts
+    return base.replace(
+        threshold=PARALLEL_THRESHOLD if "parallel" in parts else None,
+        factor=None,
+        cache="dual" if "dual" in parts else "prefix" if "prefix" in parts else "none",
+        suffix="gaussian" if dpad else "full",
+        window=(base.window or base.gen_length) if dpad else base.window,
+        early_termination=dpad or "et" in parts,
+    )
+
+
+def model_family(model_path: str | Path | None, config: dict[str, Any] | None = None) -> str:
+    """``embedded``, ``llada-instruct``, ``llada-1.5`` or ``dream-base`` (picks the preset family)."""
+    from ..api import embedded_model_path
+
+    if model_path is None:
+        return "embedded"
+    try:
+        if Path(model_path).resolve() == embedded_model_path().resolve():
+            return "embedded"
+    except OSError:
+        pass
+    name = str(model_path).lower()
+    mtype = str((config or {}).get("model_type", "")).lower()
+    if "dream" in mtype or "dream" in name:
+        return "dream-base"
+    if "1.5" in name or "1_5" in name:
+        return "llada-1.5"
+    return "llada-instruct"
+
+
+def default_params(family: str, task: str | None = None) -> dict[str, Any]:
+    """Decoding parameters (not switches) for a model family and task.
+
+    ``embedded``: :data:`EMBEDDED_DEFAULTS`. Otherwise the published preset
+    ``{family}-{task}`` (e.g. ``llada-1.5-gsm8k``), falling back to the family's GSM8K preset.
+    """
+    if family == "embedded":
+        return dict(EMBEDDED_DEFAULTS)
+    key = _TASK_KEYS.get(task or "gsm8k", "gsm8k")
+    name = f"{family}-{key}" if f"{family}-{key}" in PRESETS else f"{family}-gsm8k"
+    if name not in PRESETS:
+        raise ConfigError(f"no preset for model family {family!r}; pass --preset or the decoding flags")
+    return {k: v for k, v in PRESETS[name].items() if k in _DPAD_KEYS}
+
+
+def method_config(method: str, params: dict[str, Any] | DecodeConfig | None = None,
+                  **overrides: Any) -> DecodeConfig:
+    """The DecodeConfig of ``method`` on top of ``params`` (a dict of fields or a config), with
+    ``overrides`` (explicit flags; ``None`` values ignored) applied last."""
+    canonical_method(method)  # validates
+    parts = {p.strip().lower() for p in method.split("+")}
+    if isinstance(params, DecodeConfig):
+        base = params
+    else:
+        base = DecodeConfig(**{k: v for k, v in (params or {}).items() if k in DecodeConfig.__dataclass_fields__})
+    cfg = _switches_to_config(parts, base)
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    if explicit:
+        cfg = cfg.replace(**explicit)
+    return cfg
+
+
+def resolve_config(method: str | None, *, preset_name: str | None = None, family: str = "embedded",
+                   task: str | None = None, overrides: dict[str, Any] | None = None) -> tuple[str, DecodeConfig]:
+    """(method label, DecodeConfig) for an eval/bench run.
+
+    * ``preset_name`` alone: the preset plus ``overrides``; the label is its ``method_name()``.
+    * ``method`` (with or without a preset): the method's switches on top of the preset's (or
+      the family/task default) parameters, then ``overrides``.
+
+    The returned label is the *actual* configuration's ``method_name()``, so an override such as
+    ``--threshold`` on ``vanilla`` is labelled honestly (``parallel``).
+    """
+    from ..config import preset
+
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if preset_name:
+        base = preset(preset_name)
+        cfg = method_config(method, base, **overrides) if method else base.replace(**overrides)
+    else:
+        cfg = method_config(method or "vanilla", default_params(family, task), **overrides)
+    return cfg.method_name(), cfg
