@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .config import DecodeConfig
-from .engine import GenerationOutput, decode
+from .engine import GenerationOutput, decode_batch
 from .errors import ConfigError
 from .models import LoadedModel
 from .models import load as _load_checkpoint
@@ -92,11 +92,18 @@ def to_generation(lm: LoadedModel, out: GenerationOutput) -> Generation:
                       stats=out.stats())
 
 
+DEFAULT_MAX_BATCH = 32
+
+
 def generate(lm: LoadedModel, prompts: str | list[int] | list[str] | list[list[int]],
-             config: DecodeConfig | None = None, *, chat: bool | None = None,
+             config: DecodeConfig | None = None, *, chat: bool | None = None, batch_size: int | None = None,
              **overrides: Any) -> Generation | list[Generation]:
     """Decode one prompt (text or ids) or a list of them. Returns one Generation per prompt
-    (a single Generation when a single prompt was given)."""
+    (a single Generation when a single prompt was given).
+
+    A list is decoded in batches of ``batch_size`` rows (default: all prompts, at most
+    ``DEFAULT_MAX_BATCH``), prompts of similar length together; every row decodes exactly what it
+    would decode alone (same tokens, same NFE), results come back in the order given."""
     cfg = config or DecodeConfig()
     if overrides:
         cfg = cfg.replace(**overrides)
@@ -105,11 +112,28 @@ def generate(lm: LoadedModel, prompts: str | list[int] | list[str] | list[list[i
     batch = [prompts] if single else list(prompts)
     if not batch:
         raise ConfigError("no prompts given")
+    if batch_size is None:
+        batch_size = min(len(batch), DEFAULT_MAX_BATCH)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is invalid: must be an integer >= 1")
     encoded = [encode_prompt(lm, p, chat) for p in batch]
-    for ids in encoded:  # validate every prompt before any heavy work
-        from .engine.loop import check_length
+    from .engine.loop import check_length
 
+    for ids in encoded:  # validate every prompt before any heavy work
         check_length(len(ids), cfg, lm.args.max_seq_len)
-    results = [to_generation(lm, decode(lm.model, ids, cfg, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id))
-               for ids in encoded]
-    return results[0] if single else results
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    if any(len(e) == 0 for e in encoded):  # an empty prompt decodes on its own
+        order = [i for i in order if encoded[i]] + [i for i in order if not encoded[i]]
+    results: list[Generation | None] = [None] * len(encoded)
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and len(chunks[-1]) < batch_size and bool(encoded[chunks[-1][0]]) == bool(encoded[i]):
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    for chunk in chunks:
+        outs = decode_batch(lm.model, [encoded[i] for i in chunk], cfg, mask_id=lm.mask_token_id,
+                            eos_id=lm.eos_token_id)
+        for i, out in zip(chunk, outs, strict=True):
+            results[i] = to_generation(lm, out)
+    return results[0] if single else results  # type: ignore[return-value]

@@ -82,7 +82,8 @@ class BlockEvent:
 
     ``row``: the prompt's index in the batch; ``block``: the block index; ``tokens``: the block's
     committed ids; ``generated``: every committed id of the row so far (blocks ``0..block``);
-    ``eos``: the block holds the EOS id (the response up to the first EOS is final)."""
+    ``eos``: the block holds the EOS id (the response up to the first EOS is final); ``last``: it is
+    the last block; ``nfe``: the forwards the row took part in so far."""
 
     row: int
     block: int
@@ -90,6 +91,7 @@ class BlockEvent:
     generated: list[int]
     eos: bool
     last: bool
+    nfe: int
 
 
 BlockCallback = Callable[[BlockEvent], "bool | None"]
@@ -224,7 +226,7 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
                     if on_block is not None:
                         toks = canvas[r, bs:be].tolist()
                         ev = BlockEvent(r, b, toks, canvas[r, Pm:be].tolist(), eos_id in toks,
-                                        b == cfg.num_blocks - 1)
+                                        b == cfg.num_blocks - 1, runner.row_nfe[r])
                         if on_block(ev):
                             cancelled[r] = True
                 if left[k] or (fastdllm_compat and cache.refreshes and cached_steps[r] == 0):

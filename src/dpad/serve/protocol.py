@@ -1,0 +1,251 @@
+"""OpenAI request validation and response shapes for ``/v1/completions`` and ``/v1/chat/completions``.
+
+Every invalid request raises :class:`ApiError` whose ``param`` names the offending field; the app
+turns it into the OpenAI error body ``{"error": {"message", "type", "param", "code"}}``.
+
+``max_tokens`` -> ``gen_length``: dLLMs decode whole blocks, so ``gen_length`` is ``max_tokens``
+rounded UP to the next multiple of ``block_length``; the response is then cut to ``max_tokens``
+tokens (finish_reason ``length``). Without ``max_tokens`` the server's default ``gen_length`` is used.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..config import DecodeConfig, preset
+from ..errors import ConfigError
+
+# OpenAI fields accepted and ignored (when they hold their neutral value, see NEUTRAL).
+IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options",
+           "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "logit_bias", "echo",
+           "best_of", "tool_choice", "tools", "response_format", "modalities", "reasoning_effort"}
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0), "logit_bias": (None, {}), "echo": (None, False), "best_of": (None, 1),
+    "tool_choice": (None, "none", "auto"), "tools": (None, []), "response_format": (None, {"type": "text"}),
+    "modalities": (None, ["text"]), "reasoning_effort": (None,),
+}
+COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n"}
+# dpad decoding knobs accepted as extra body fields, with their JSON types
+KNOBS: dict[str, type | tuple[type, ...]] = {
+    "preset": str, "threshold": (int, float), "factor": (int, float), "suffix": str, "window": int,
+    "sigma": (int, float), "scale": (int, float), "uniform_keep": int, "cache": str, "early_termination": bool,
+    "block_length": int, "steps": int, "confidence": str, "schedule": str, "top_k": int,
+    "alg_temp": (int, float), "cfg_scale": (int, float), "eps": (int, float), "compat": str,
+}
+MAX_STOP = 16
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class ParsedRequest:
+    kind: str  # "completion" | "chat"
+    prompt: Any  # text / ids (completion) or messages (chat)
+    cfg: DecodeConfig
+    max_tokens: int
+    stop: list[str]
+    stream: bool
+    include_usage: bool
+    chat_template: bool | None  # completions: apply the chat template (None: dpad's default)
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    ts = t if isinstance(t, tuple) else (t,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}
+    return " or ".join(dict.fromkeys(names.get(x, x.__name__) for x in ts))
+
+
+def _check_type(name: str, v: Any, t: type | tuple[type, ...]) -> None:
+    ts = t if isinstance(t, tuple) else (t,)
+    ok = isinstance(v, ts) and not (isinstance(v, bool) and bool not in ts)
+    if not ok:
+        raise ApiError(400, f"'{name}' must be {_type_name(t)}, got {type(v).__name__} {v!r}", name)
+
+
+def round_up(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> ParsedRequest:
+    """Validate an OpenAI (chat) completion request and build its DecodeConfig."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    main_field = "prompt" if kind == "completion" else "messages"
+    allowed = COMMON | IGNORED | set(KNOBS) | {main_field}
+    allowed |= {"chat"} if kind == "completion" else {"max_completion_tokens"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, f"unrecognized request argument(s): {', '.join(unknown)}", unknown[0])
+
+    model = body.get("model")
+    if model is None:
+        raise ApiError(400, "'model' is required", "model")
+    if not isinstance(model, str):
+        raise ApiError(400, f"'model' must be a string, got {type(model).__name__}", "model")
+    if model != model_id:
+        raise ApiError(404, f"The model '{model}' does not exist; this server serves '{model_id}'", "model",
+                       "model_not_found")
+    for name in sorted(set(body) & IGNORED):
+        if name in NEUTRAL and body[name] not in NEUTRAL[name]:
+            raise ApiError(400, f"'{name}' is not supported by this server (got {body[name]!r})", name,
+                           "unsupported_parameter")
+
+    n = body.get("n")
+    if n is not None:
+        _check_type("n", n, int)
+        if n != 1:
+            raise ApiError(400, f"'n' must be 1 (got {n}): one choice per request", "n")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    _check_type("stream", stream, bool)
+    include_usage = False
+    so = body.get("stream_options")
+    if so is not None:
+        if not isinstance(so, dict):
+            raise ApiError(400, "'stream_options' must be an object", "stream_options")
+        include_usage = bool(so.get("include_usage", False))
+
+    prompt = _parse_prompt(body) if kind == "completion" else _parse_messages(body)
+    chat_template = None
+    if kind == "completion" and body.get("chat") is not None:
+        _check_type("chat", body["chat"], bool)
+        chat_template = body["chat"]
+
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise ApiError(400, "'stop' must be a string or a list of strings", "stop")
+    if len(stops) > MAX_STOP:
+        raise ApiError(400, f"'stop' holds {len(stops)} strings; at most {MAX_STOP}", "stop")
+    if any(s == "" for s in stops):
+        raise ApiError(400, "'stop' strings must not be empty", "stop")
+
+    # ---- decoding config
+    knobs: dict[str, Any] = {}
+    for name, t in KNOBS.items():
+        if body.get(name) is not None:
+            _check_type(name, body[name], t)
+            knobs[name] = body[name]
+    pname = knobs.pop("preset", None)
+    if pname is not None:
+        try:
+            base = preset(pname).to_dict()
+        except ConfigError as e:
+            raise ApiError(400, str(e), "preset") from e
+    else:
+        base = defaults.to_dict()
+    d = dict(base)
+    base_steps = d.get("steps")
+    d["steps"] = None
+    d.update(knobs)
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            _check_type(name, body[name], (int, float))
+            d[name] = float(body[name])
+    if d.get("top_p") is not None and float(d["top_p"]) >= 1.0:
+        d["top_p"] = None
+    if d.get("top_p") is not None and float(d["top_p"]) <= 0.0:
+        raise ApiError(400, f"'top_p' must be in (0, 1], got {d['top_p']}", "top_p")
+    if body.get("seed") is not None:
+        _check_type("seed", body["seed"], int)
+        d["seed"] = body["seed"]
+    mt_name = "max_tokens"
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None and kind == "chat" and body.get("max_completion_tokens") is not None:
+        mt_name, max_tokens = "max_completion_tokens", body["max_completion_tokens"]
+    block = d["block_length"]
+    if not isinstance(block, int) or block < 1:
+        raise ApiError(400, f"'block_length' must be an integer >= 1, got {block!r}", "block_length")
+    if max_tokens is not None:
+        _check_type(mt_name, max_tokens, int)
+        if max_tokens < 1:
+            raise ApiError(400, f"'{mt_name}' must be >= 1, got {max_tokens}", mt_name)
+        d["gen_length"] = round_up(max_tokens, block)
+    else:
+        d["gen_length"] = round_up(int(d["gen_length"]), block)
+        max_tokens = d["gen_length"]
+    if "steps" not in knobs and base_steps is not None and d["gen_length"] == base["gen_length"] \
+            and block == base["block_length"]:
+        d["steps"] = base_steps
+    extra = d.pop("extra", {}) or {}
+    try:
+        cfg = DecodeConfig(**{f.name: d[f.name] for f in fields(DecodeConfig) if f.name in d}, extra=extra)
+    except ConfigError as e:
+        m = re.match(r"(\w+)=", str(e))
+        param = m.group(1) if m else None
+        msg = str(e)
+        if param == "gen_length":
+            param = mt_name if body.get(mt_name) is not None else "block_length"
+        if param == "suffix":
+            msg += " ('suffix' is dpad's suffix policy; OpenAI's insertion suffix is not supported)"
+        raise ApiError(400, msg, param) from e
+    except TypeError as e:
+        raise ApiError(400, str(e)) from e
+    return ParsedRequest(kind, prompt, cfg, int(max_tokens), stops, stream, include_usage, chat_template)
+
+
+def _parse_prompt(body: dict) -> Any:
+    if "prompt" not in body or body["prompt"] is None:
+        raise ApiError(400, "'prompt' is required", "prompt")
+    p = body["prompt"]
+    if isinstance(p, str):
+        return p
+    if isinstance(p, list):
+        if len(p) == 1 and isinstance(p[0], (str, list)):
+            p = p[0]
+            if isinstance(p, str):
+                return p
+        if all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            return [int(t) for t in p]
+        if len(p) > 1 and all(isinstance(t, (str, list)) for t in p):
+            raise ApiError(400, "'prompt' holds several prompts; send one prompt per request", "prompt")
+    raise ApiError(400, "'prompt' must be a string or a list of token ids", "prompt")
+
+
+ROLES = ("system", "user", "assistant", "developer", "tool")
+
+
+def _parse_messages(body: dict) -> list[dict[str, str]]:
+    msgs = body.get("messages")
+    if msgs is None:
+        raise ApiError(400, "'messages' is required", "messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
+    out = []
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(400, f"'{where}' must be an object with 'role' and 'content'", where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise ApiError(400, f"'{where}.role' must be one of {', '.join(ROLES)}, got {role!r}", f"{where}.role")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: only text
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ApiError(400, f"'{where}.content' parts must be {{'type': 'text', 'text': ...}}",
+                                   f"{where}.content")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise ApiError(400, f"'{where}.content' must be a string", f"{where}.content")
+        out.append({"role": "user" if role == "developer" else role, "content": content})
+    return out
