@@ -35,6 +35,7 @@ KNOBS: dict[str, type | tuple[type, ...]] = {
     "block_length": int, "steps": int, "confidence": str, "schedule": str, "top_k": int,
     "alg_temp": (int, float), "cfg_scale": (int, float), "eps": (int, float), "compat": str,
 }
+NULLABLE = {"threshold", "factor", "window", "uniform_keep", "steps", "top_k"}
 MAX_STOP = 16
 
 
@@ -140,7 +141,9 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> Par
     # ---- decoding config
     knobs: dict[str, Any] = {}
     for name, t in KNOBS.items():
-        if body.get(name) is not None:
+        if name in NULLABLE and name in body and body[name] is None:
+            knobs[name] = None  # explicit null unsets a server default (e.g. the threshold)
+        elif body.get(name) is not None:
             _check_type(name, body[name], t)
             knobs[name] = body[name]
     pname = knobs.pop("preset", None)
