@@ -290,7 +290,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
             if samples:
                 warm_up(lm, samples[0].prompt, cfg, task.chat)
         mine = shard(samples, ctx.rank, ctx.world_size)
-        prefix = Path(out) / f"{task.name}_{label}_gen{cfg.gen_length}"
+        prefix = Path(out) / (f"{task.name}_{label}_gen{cfg.gen_length}" + (f"_stub-{stub}" if stub else ""))
         prefix.parent.mkdir(parents=True, exist_ok=True)
         part_path = Path(f"{prefix}.samples.rank{ctx.rank}.partial.jsonl")
         t0 = time.perf_counter()
