@@ -1,0 +1,120 @@
+"""Token-for-token parity with the reference implementations on the 53 golden cases.
+
+Each reference function maps onto one :class:`DecodeConfig`:
+
+- ``llada.generate`` / ``dpad_baseline.*`` / ``dpad.*``: LLaDA schedule, low-confidence, compat none;
+- ``fastdllm.*``: the same with ``compat='fast-dllm'`` (a cached block always runs one cached step);
+- ``dream.diffusion_generate``: one block, Dream timesteps schedule;
+- ``dpad_dream.diffusion_generate``: ``compat='dpad-dream'`` (the cached refresh forward commits the
+  block's first token and the reference does not count it: we count it, so its NFE is +1 per block).
+
+Random-window DPad cases (scale 2.0) replay the recorded kept sets with ``suffix.Explicit``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import MASK_ID, load_cases
+
+from dpad.config import DecodeConfig
+from dpad.engine import decode
+from dpad.engine.suffix import Explicit, GaussianDecay
+
+CASES = load_cases()
+RANDOM_DPAD = [c for c in CASES if "kept_suffix_per_block" in c and c["args"].get("scale") == 2.0]
+RANDOM_IDS = {c["id"] for c in RANDOM_DPAD}
+
+
+def to_config(case: dict) -> DecodeConfig:
+    a, fn = case["args"], case["function"]
+    gen = a.get("gen_length", a.get("max_new_tokens"))
+    kw: dict = dict(gen_length=gen, block_length=a.get("block_length", gen), steps=a["steps"],
+                    seed=case["torch_seed"])
+    if fn.startswith("dream."):
+        kw.update(confidence=a["alg"], schedule="dream", eps=a["eps"], block_length=gen)
+    elif fn.startswith("dpad_dream."):
+        alg = a["alg"]
+        kw.update(confidence="maskgit_plus" if alg == "confidence_threshold" else alg, schedule="dream",
+                  eps=a["eps"], threshold=a["threshold"], compat="dpad-dream",
+                  cache="dual" if a["dual_cache"] else ("prefix" if a["use_cache"] else "none"),
+                  early_termination=a["early_termination"])
+    else:
+        kw.update(confidence=a["remasking"], threshold=a.get("threshold"),
+                  early_termination=a.get("early_termination", False))
+        if "prefix_cache" in fn:
+            kw["cache"] = "prefix"
+        elif "dual_cache" in fn:
+            kw["cache"] = "dual"
+        if fn.startswith("fastdllm."):
+            kw["compat"] = "fast-dllm"
+    if a.get("dropout") == "gaussian":
+        kw.update(suffix="gaussian", window=a["window"], sigma=a["sigma"], scale=a["scale"])
+    return DecodeConfig(**kw)
+
+
+def eos_of(case: dict) -> int:
+    a = case["args"]
+    return a.get("eos_id", a.get("eos", 251))
+
+
+def expected_nfe(case: dict, cfg: DecodeConfig, blocks_decoded: int) -> int | None:
+    nfe = case["nfe"]
+    if nfe is not None and cfg.compat == "dpad-dream" and cfg.cache != "none":
+        nfe += blocks_decoded  # the refresh forward the reference does not count
+    return nfe
+
+
+def recorded_sets(case: dict) -> dict[int, list[int]]:
+    return {d["block_end"]: d["kept_suffix_positions"] for d in case["kept_suffix_per_block"]}
+
+
+def test_case_inventory() -> None:
+    assert len(CASES) == 53
+    assert len({c["id"] for c in CASES}) == 53
+    assert {c["model"] for c in CASES} == {"llada-tiny", "dream-tiny"}
+    assert all(c["dtype"] == "float64" for c in CASES)
+    assert len(RANDOM_DPAD) == 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_golden_case(case: dict, tiny_models: dict) -> None:
+    cfg = to_config(case)
+    lm = tiny_models[case["model"]]
+    policy = Explicit(recorded_sets(case)) if case["id"] in RANDOM_IDS else None
+    out = decode(lm.model, case["prompt_ids"], cfg, mask_id=MASK_ID, eos_id=eos_of(case), suffix_policy=policy)
+
+    assert out.prompt == case["prompt_ids"]
+    assert out.generated == case["generated_ids"]
+    assert out.ids == case["output_ids"]
+    assert MASK_ID not in out.ids
+    nfe = expected_nfe(case, cfg, out.blocks_decoded)
+    if nfe is not None:
+        assert out.nfe == nfe
+    assert out.nfe == sum(out.forwards_per_block)
+    if "kept_suffix_per_block" in case:
+        # every DPad case (deterministic scale-1e4 ones included) saw exactly the reference's kept sets
+        rec = case["kept_suffix_per_block"]
+        assert out.kept_per_block == [d["kept_suffix_positions"] for d in rec[: out.blocks_decoded]]
+        assert len(rec) >= out.blocks_decoded
+
+
+@pytest.mark.parametrize("case", RANDOM_DPAD, ids=[c["id"] for c in RANDOM_DPAD])
+def test_seeded_gaussian_reproduces_reference_kept_sets(case: dict) -> None:
+    """The reference draws u = torch.rand(L - block_end) from the global CPU stream right after
+    torch.manual_seed(1234); GaussianDecay.reset(1234) starts a fresh generator with the same seed
+    and draws the same way, so it reproduces the recorded kept sets exactly."""
+    a = case["args"]
+    length = len(case["prompt_ids"]) + a.get("gen_length", a.get("max_new_tokens"))
+    policy = GaussianDecay(a["window"], a["sigma"], a["scale"])
+    policy.reset(case["torch_seed"])
+    got = {be: policy.kept(be, length).tolist() for be in recorded_sets(case)}
+    assert got == recorded_sets(case)
+
+
+@pytest.mark.parametrize("case", RANDOM_DPAD, ids=[c["id"] for c in RANDOM_DPAD])
+def test_random_dpad_case_without_replay(case: dict, tiny_models: dict) -> None:
+    """So the default config path (seed 1234, no injected kept sets) reproduces the reference too."""
+    cfg = to_config(case)
+    out = decode(tiny_models[case["model"]].model, case["prompt_ids"], cfg, mask_id=MASK_ID, eos_id=eos_of(case))
+    assert out.ids == case["output_ids"]
+    assert out.nfe == expected_nfe(case, cfg, out.blocks_decoded)
