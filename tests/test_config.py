@@ -209,23 +209,16 @@ def test_prompt_with_mask_token_rejected(llada_tiny) -> None:  # noqa: ANN001
     assert calls == []
 
 
-# ---------------------------------------------------------------------------- engine bugs (xfail)
+# ---------------------------------------------------------------------------- type checks
 NUMERIC_FIELDS = ["threshold", "factor", "temperature", "top_p", "sigma", "scale", "eps", "alg_temp", "cfg_scale"]
 
 
-@pytest.mark.xfail(reason="engine bug: DecodeConfig.validate does not check types of the float fields; a "
-                          "non-numeric string raises a bare TypeError/ValueError that does not name the field",
-                   raises=(TypeError, ValueError, AssertionError), strict=False)
 @pytest.mark.parametrize("name", NUMERIC_FIELDS)
 def test_non_numeric_string_is_a_config_error(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         DecodeConfig(**{name: "high"})
 
 
-@pytest.mark.xfail(reason="engine bug: threshold/factor are range-checked through float() but stored "
-                          "unconverted, so threshold='0.9' validates and then crashes decode() with "
-                          "TypeError in unmask.Threshold.select ('>=' between Tensor and str)",
-                   raises=(TypeError, AssertionError), strict=False)
 @pytest.mark.parametrize("name", ["threshold", "factor"])
 def test_numeric_string_is_rejected_or_coerced(name: str, llada_tiny) -> None:  # noqa: ANN001
     try:

@@ -66,6 +66,19 @@ class DecodeConfig:
         def bad(name: str, why: str) -> None:
             raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {why}")
 
+        # numbers given as text (e.g. from a query string) are converted; anything else is an error
+        for name in ("threshold", "factor", "temperature", "top_p", "alg_temp", "cfg_scale", "eps", "sigma",
+                     "scale"):
+            v = getattr(self, name)
+            if v is None or isinstance(v, bool):
+                if isinstance(v, bool):
+                    bad(name, "must be a number")
+                continue
+            try:
+                object.__setattr__(self, name, float(v))
+            except (TypeError, ValueError):
+                bad(name, "must be a number")
+
         if not isinstance(self.gen_length, int) or self.gen_length < 1:
             bad("gen_length", "must be an integer >= 1")
         if not isinstance(self.block_length, int) or self.block_length < 1:

@@ -94,6 +94,9 @@ class Explicit(SuffixPolicy):
 
     def __init__(self, kept_sets: Mapping[int, Sequence[int]]) -> None:
         self.sets = {int(k): sorted(int(p) for p in v) for k, v in kept_sets.items()}
+        for k, v in self.sets.items():
+            if len(set(v)) != len(v):
+                raise ValueError(f"the kept set for block end {k} lists a position more than once")
 
     def kept(self, block_end: int, length: int) -> torch.Tensor:
         if block_end not in self.sets:
