@@ -23,8 +23,10 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         accuracy_methods=list(ns.accuracy_methods) if ns.accuracy_methods else None,
         accuracy_batch_size=ns.accuracy_batch_size, task=ns.task, task_options=task_options, model=ns.model,
         device=ns.device, dtype=ns.dtype, threads=ns.threads, preset=ns.preset, overrides=decode_overrides(ns))
+    from ..eval.env import command_from_namespace
+
     result = run_ladder(settings, ns.out, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.no_progress,
-                        plot=not ns.no_plot)
+                        plot=not ns.no_plot, command=command_from_namespace(ns._parser, ns, "dpad bench"))
     print(text_table(result))
     for t in result["targets"]:
         mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
@@ -73,4 +75,4 @@ def register(sub: Any) -> None:
     add_model_args(p)
     p.set_defaults(threads=2)  # recorded in the JSON; --threads N changes it
     add_decode_args(p)
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, _parser=p)

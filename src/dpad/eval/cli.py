@@ -33,7 +33,10 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     task = get_task(ns.task, data=ns.data, train_data=ns.train_data, num_fewshot=ns.num_fewshot,
                     chat=ns.chat, seed=ns.fewshot_seed)
-    result = run_eval(task=task, method=ns.method, preset_name=ns.preset, overrides=decode_overrides(ns),
+    from .env import command_from_namespace
+
+    command = command_from_namespace(ns._parser, ns, "dpad eval")
+    result = run_eval(command=command, task=task, method=ns.method, preset_name=ns.preset, overrides=decode_overrides(ns),
                       model=ns.model, device=ns.device, dtype=ns.dtype, threads=ns.threads, limit=ns.limit,
                       out=ns.out, batch_size=ns.batch_size, progress=not ns.no_progress, stub=ns.model_stub)
     if result is not None:
@@ -78,4 +81,4 @@ def register(sub: Any) -> None:
     p.add_argument("--model-stub", choices=("canonical", "empty"), default=None, help=argparse.SUPPRESS)
     add_model_args(p)
     add_decode_args(p)
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, _parser=p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_env", "command_line", "cpu_name", "git_revision"]
+__all__ = ["collect_env", "command_from_namespace", "command_line", "cpu_name", "git_revision"]
 
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
@@ -43,6 +44,29 @@ def command_line(argv: list[str] | None = None) -> str:
     if args and Path(args[0]).name in ("dpad", "cli.py", "__main__.py"):
         args[0] = "dpad"
     return " ".join(shlex.quote(a) for a in args)
+
+
+def command_from_namespace(parser: argparse.ArgumentParser, ns: argparse.Namespace, prog: str) -> str:
+    """The command that reproduces ``ns`` (flags whose value differs from the default), e.g.
+    ``dpad bench --gen-lengths 1024 --n 10``; independent of how the process was launched."""
+    parts = prog.split()
+    for action in parser._actions:  # noqa: SLF001 (argparse has no public accessor)
+        if not action.option_strings or isinstance(action, argparse._HelpAction):  # noqa: SLF001
+            continue
+        value = getattr(ns, action.dest, None)
+        if value == action.default:
+            continue
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        flag = max(longs, key=len) if longs else action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            parts.append(flag if value else "--no-" + flag[2:])
+        elif action.nargs == 0:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def collect_env(device: Any = None, dtype: Any = None, world_size: int = 1) -> dict[str, Any]:

@@ -216,11 +216,22 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, recursively, so the file is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def dump_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees a half-written file)."""
+    """Write strict JSON (NaN -> null) atomically (a reader never sees a half-written file)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default, allow_nan=True) + "\n")
+    tmp.write_text(json.dumps(_finite(obj), indent=1, default=_json_default, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -238,6 +249,12 @@ def write_results(prefix: str | Path, records: Sequence[dict[str, Any]], result:
     dump_json(paths["summary"], result)
     Path(paths["table"]).write_text(markdown_table(result))
     return paths
+
+
+def _launcher_prefix(command: str, world_size: int) -> str:
+    if world_size > 1 and command.startswith("dpad "):
+        return f"torchrun --nproc_per_node {world_size} -m dpad.cli {command[5:]}"
+    return command
 
 
 def warm_up(lm: Any, prompt: str, cfg: DecodeConfig, chat: bool | None) -> None:
@@ -317,7 +334,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
             "model_family": family,
             "task": task.name,
             "task_options": task.describe(),
-            "command": command or command_line(),
+            "command": _launcher_prefix(command or command_line(), ctx.world_size),
             "method": label,
             "requested_method": method or (f"preset:{preset_name}" if preset_name else "vanilla"),
             "preset": preset_name,
