@@ -150,17 +150,20 @@ def test_decoding_knobs_as_extra_fields(client: openai.OpenAI) -> None:
 
 
 def test_concurrent_requests_are_batched(lm: LoadedModel, client: openai.OpenAI) -> None:
-    """4 concurrent requests form one batch (the batch fills before the wait ends); each gets the
-    text it gets alone."""
-    app = create_app(lm, model_id=MODEL, defaults=DEFAULTS, max_batch_size=4, batch_wait_ms=5000)
+    """Concurrent requests with the same config form one batch (it fills before the wait ends) and
+    each gets the text it gets alone; a request with another config runs in its own batch."""
+    app = create_app(lm, model_id=MODEL, defaults=DEFAULTS, max_batch_size=3, batch_wait_ms=1500)
     qs = [p.question for p in PROBLEMS[:4]]
-    alone = [client.completions.create(model=MODEL, prompt=q, max_tokens=64).choices[0].text for q in qs]
+    extra = [{}, {}, {}, {"threshold": 0.8}]
+    alone = [client.completions.create(model=MODEL, prompt=q, max_tokens=64, extra_body=e).choices[0].text
+             for q, e in zip(qs, extra, strict=True)]
     with ServerThread(app) as url:
         c2 = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         results: list = [None] * 4
 
         def call(i: int) -> None:
-            results[i] = c2.completions.create(model=MODEL, prompt=qs[i], max_tokens=64)
+            results[i] = c2.completions.create(model=MODEL, prompt=qs[i], max_tokens=64, extra_body=extra[i],
+                                               seed=1234 + i % 2)
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
         for t in threads:
@@ -168,9 +171,9 @@ def test_concurrent_requests_are_batched(lm: LoadedModel, client: openai.OpenAI)
         for t in threads:
             t.join(60)
         assert [r.choices[0].text for r in results] == alone
-        assert [r.model_extra["dpad"]["batch_size"] for r in results] == [4] * 4
+        assert [r.model_extra["dpad"]["batch_size"] for r in results] == [3, 3, 3, 1]
         m = httpx.get(url + "/metrics").text
-        assert metric(m, "dpad_batches_total") == 1 and metric(m, "dpad_batch_size_count") == 1
+        assert metric(m, "dpad_batches_total") == 2 and metric(m, "dpad_batch_size_sum") == 4
 
 
 # ----------------------------------------------------------------------------------------- errors
@@ -310,6 +313,15 @@ def test_queue_full_429_and_disconnects(lm: LoadedModel) -> None:
         assert metric(m, "dpad_cancelled_total") == 2
         assert metric(m, "dpad_requests_total", endpoint="completions", status="429") == 1
         assert metric(m, "dpad_requests_total", endpoint="completions", status="499") == 2
+
+
+def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture) -> None:
+    from dpad.cli import main
+
+    assert main(["serve", "--max-batch-size", "0"]) == 2
+    assert "--max-batch-size" in capsys.readouterr().err
+    assert main(["serve", "--threshold", "2"]) == 2
+    assert "threshold" in capsys.readouterr().err
 
 
 def test_metrics(server: str, client: openai.OpenAI) -> None:

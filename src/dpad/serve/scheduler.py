@@ -161,6 +161,7 @@ class Scheduler:
         self.queue: collections.deque[Job] = collections.deque()
         self.cv = threading.Condition()
         self.running = 0
+        self.current: list[Job] = []
         self.stopping = False
         self.thread: threading.Thread | None = None
 
@@ -174,8 +175,11 @@ class Scheduler:
     def stop(self, timeout: float = 30.0) -> None:
         with self.cv:
             self.stopping = True
-            for job in self.queue:
-                job.sink("error", "the server is shutting down")
+            for job in list(self.queue) + self.current:
+                if not job.finished:
+                    job.finished = True
+                    job.sink("error", "the server is shutting down")
+                job.cancel()  # a running batch ends at its next block boundary
             self.queue.clear()
             self.cv.notify_all()
         if self.thread is not None:
@@ -208,18 +212,25 @@ class Scheduler:
 
     # ------------------------------------------------------------------ worker side
     def _take_batch(self) -> list[Job] | None:
+        """The next batch: a full group of compatible jobs as soon as there is one, else the oldest
+        job's group once that job has waited ``batch_wait``."""
         with self.cv:
             while True:
                 while not self.queue and not self.stopping:
                     self.cv.wait()
                 if self.stopping:
                     return None
+                groups: dict[str, list[Job]] = {}
+                for j in self.queue:
+                    groups.setdefault(j.key, []).append(j)
                 first = self.queue[0]
-                batch = [j for j in self.queue if j.key == first.key][: self.max_batch_size]
+                full = next((g for g in groups.values() if len(g) >= self.max_batch_size), None)
                 wait = first.arrived + self.batch_wait - time.monotonic()
-                if len(batch) >= self.max_batch_size or wait <= 0:
+                if full is not None or wait <= 0:
+                    batch = (full or groups[first.key])[: self.max_batch_size]
                     for j in batch:
                         self.queue.remove(j)
+                    self.current = batch
                     self.running = len(batch)
                     return batch
                 self.cv.wait(wait)  # more compatible jobs may arrive
@@ -242,6 +253,7 @@ class Scheduler:
             finally:
                 with self.cv:
                     self.running = 0
+                    self.current = []
 
     def _run(self, batch: list[Job]) -> None:
         lm = self.lm
