@@ -102,8 +102,9 @@ def generate(lm: LoadedModel, prompts: str | list[int] | list[str] | list[list[i
     (a single Generation when a single prompt was given).
 
     A list is decoded in batches of ``batch_size`` rows (default: all prompts, at most
-    ``DEFAULT_MAX_BATCH``), prompts of similar length together; every row decodes exactly what it
-    would decode alone (same tokens, same NFE), results come back in the order given."""
+    ``DEFAULT_MAX_BATCH``), prompts of similar length together; every row decodes what it would
+    decode alone (same tokens, same NFE: exactly so in float64; in lower precision padding can change
+    the floating-point reduction order), results come back in the order given."""
     cfg = config or DecodeConfig()
     if overrides:
         cfg = cfg.replace(**overrides)
