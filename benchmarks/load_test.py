@@ -136,6 +136,23 @@ def run_phase(lm: Any, args: argparse.Namespace, mode: str, prompts: list[str]) 
     }
 
 
+def command_args(argv: list[str]) -> str:
+    """The command line, with the (long) --note text replaced by a pointer to the note."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            out.append("'<the note below>'")
+            skip = False
+        elif a == "--note":
+            out.append(a)
+            skip = True
+        elif a.startswith("--note="):
+            out.append("--note='<the note below>'")
+        else:
+            out.append(shlex.quote(a))
+    return " ".join(out)
+
+
 def git_hash() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -214,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 "transformers": transformers.__version__, "git": git_hash(),
                 "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
         "model": "embedded", "task": "arith test (synthetic GSM8K-format word problems)", "method": method,
-        "command": "python benchmarks/load_test.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/load_test.py " + command_args(sys.argv[1:] if argv is None else argv),
         "settings": {"clients": args.clients, "requests": args.requests, "max_tokens": args.max_tokens,
                      "preset": args.preset, "cache": args.cache, "batch_wait_ms": args.batch_wait_ms,
                      "rounds": args.rounds, "total_time_s": time.perf_counter() - t0},
