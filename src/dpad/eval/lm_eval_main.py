@@ -24,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from . import lm_eval_model  # noqa: F401  (registers the "dpad" model)
 
+    saved = list(sys.argv)
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    lm_eval_cli.cli_evaluate()
+    try:
+        lm_eval_cli.cli_evaluate()
+    finally:
+        sys.argv = saved
     return 0
 
 

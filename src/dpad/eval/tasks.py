@@ -173,7 +173,7 @@ class GSM8KTask(Task):
         try:
             rows = ds.load_gsm8k(self.data, split="test")
         except (RuntimeError, FileNotFoundError, ValueError) as e:
-            raise ConfigError(str(e)) from e
+            raise ConfigError(f"{e} (--data PATH)" if self.data is None else str(e)) from e
         shots = ds.gsm8k_fewshot_examples(self._train_rows(), self.effective_fewshot, seed=self.seed) \
             if self.effective_fewshot else []
         return [Sample(i, f"gsm8k/{i}", ds.gsm8k_fewshot_prompt(r["question"], shots), r["answer"], r)
