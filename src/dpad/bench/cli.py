@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..cli import add_decode_args, add_model_args
@@ -32,7 +33,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
         val = "-" if t["value"] is None else f"{t['value']:.2f}"
         print(f"target: {t['name']}: >= {t['target']:g}, measured {val} ({mark})")
-    print("files: " + ", ".join(v for k, v in result["files"].items()))
+    print("files: " + ", ".join(v for v in result["files"].values() if Path(v).exists()))
     return 0
 
 

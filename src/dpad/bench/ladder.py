@@ -213,6 +213,8 @@ def _f(x: Any, fmt: str) -> str:
 
 def _row_cells(r: dict[str, Any]) -> list[str]:
     acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}"
+    if r.get("accuracy") is not None and r.get("accuracy_n") != r.get("n"):
+        acc += f" (n={r.get('accuracy_n')})"
     delta = "-" if r.get("accuracy_delta_points") is None else f"{r['accuracy_delta_points']:+.1f}"
     sp = "-" if r.get("speedup_vs_vanilla") is None else f"{r['speedup_vs_vanilla']:.2f}x"
     return [str(r["gen_length"]), r["method"], str(r.get("n", 0)), _f(r.get("latency_s"), ".3f"),
