@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 "transformers": transformers.__version__, "git": git_hash(), "cpu": platform.processor() or
                 platform.machine(), "cpu_count": os.cpu_count()},
         "model": "embedded", "task": "arith test (synthetic GSM8K-format word problems)",
-        "command": "python benchmarks/throughput_bench.py " + command_args(sys.argv[1:] if argv is None else argv),
+        "command": ("python benchmarks/throughput_bench.py " + command_args(sys.argv[1:] if argv is None else argv)).strip(),
         "settings": {"batch_sizes": args.batch_sizes, "rounds": args.rounds, "block_length": args.block_length,
                      "configs": {k: v.to_dict() for k, v in cfgs.items()}, "total_time_s": time.perf_counter() - t_start},
         "note": args.note,
