@@ -20,7 +20,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from dpad.engine.suffix import GaussianDecay
+from dpad.eval.env import git_revision
 from dpad.models import ModelArgs, Transformer, init_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,12 +106,6 @@ def cpu_name() -> str:
     return name or platform.machine()
 
 
-def git_hash() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def write_markdown(path: Path, result: dict) -> None:
@@ -210,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "git": git_hash(),
+            "git": git_revision(),
             "cpu": cpu_name(),
             "os_cpu_count": os.cpu_count(),
         },

@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from dpad.eval.env import command_args, git_revision
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "dpad-embedded"
@@ -138,29 +138,8 @@ def run_phase(lm: Any, args: argparse.Namespace, mode: str, prompts: list[str]) 
     }
 
 
-def command_args(argv: list[str]) -> str:
-    """The command line, with the (long) --note text replaced by a pointer to the note."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            out.append("'<the note below>'")
-            skip = False
-        elif a == "--note":
-            out.append(a)
-            skip = True
-        elif a.startswith("--note="):
-            out.append("--note='<the note below>'")
-        else:
-            out.append(shlex.quote(a))
-    return " ".join(out)
 
 
-def git_hash() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -238,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "kind": "load_test",
         "env": {"device": "cpu", "dtype": "float32", "threads": args.threads, "torch": torch.__version__,
-                "transformers": transformers.__version__, "git": git_hash(),
+                "transformers": transformers.__version__, "git": git_revision(),
                 "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()},
         "model": "embedded", "task": "arith test (synthetic GSM8K-format word problems)", "method": method,
         "command": ("python benchmarks/load_test.py " + command_args(sys.argv[1:] if argv is None else argv)).strip(),

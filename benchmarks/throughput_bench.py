@@ -19,9 +19,7 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ import dpad
 from dpad.api import encode_prompt
 from dpad.config import DecodeConfig, preset
 from dpad.engine import decode_batch
+from dpad.eval.env import command_args, git_revision
 from dpad.tasks import arith
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,29 +60,8 @@ def configs(gen_length: int, block: int) -> dict[str, DecodeConfig]:
     return {c.method_name(): c for c in (base, dp)}
 
 
-def command_args(argv: list[str]) -> str:
-    """The command line, with the (long) --note text replaced by a pointer to the note."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            out.append("'<the note below>'")
-            skip = False
-        elif a == "--note":
-            out.append(a)
-            skip = True
-        elif a.startswith("--note="):
-            out.append("--note='<the note below>'")
-        else:
-            out.append(shlex.quote(a))
-    return " ".join(out)
 
 
-def git_hash() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def answer_of(text: str) -> int | None:
@@ -206,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "kind": "throughput",
         "env": {"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
                 "dtype": args.dtype, "threads": args.threads, "torch": torch.__version__,
-                "transformers": transformers.__version__, "git": git_hash(), "cpu": platform.processor() or
+                "transformers": transformers.__version__, "git": git_revision(), "cpu": platform.processor() or
                 platform.machine(), "cpu_count": os.cpu_count()},
         "model": "embedded", "task": "arith test (synthetic GSM8K-format word problems)",
         "command": ("python benchmarks/throughput_bench.py " + command_args(sys.argv[1:] if argv is None else argv)).strip(),

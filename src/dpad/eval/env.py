@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_env", "command_from_namespace", "command_line", "cpu_name", "git_revision"]
+__all__ = ["collect_env", "command_args", "command_from_namespace", "command_line", "cpu_name", "git_revision"]
 
 
 def git_revision(cwd: str | Path | None = None) -> str | None:
@@ -44,6 +44,23 @@ def command_line(argv: list[str] | None = None) -> str:
     if args and Path(args[0]).name in ("dpad", "cli.py", "__main__.py"):
         args[0] = "dpad"
     return " ".join(shlex.quote(a) for a in args)
+
+
+def command_args(argv: list[str], elide: str = "--note") -> str:
+    """Shell-quoted arguments, with the (long) value of ``elide`` replaced by a pointer to it."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            out.append("'<the note below>'")
+            skip = False
+        elif a == elide:
+            out.append(a)
+            skip = True
+        elif a.startswith(elide + "="):
+            out.append(f"{elide}='<the note below>'")
+        else:
+            out.append(shlex.quote(a))
+    return " ".join(out)
 
 
 def command_from_namespace(parser: argparse.ArgumentParser, ns: argparse.Namespace, prog: str) -> str:
