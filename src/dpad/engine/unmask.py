@@ -81,43 +81,47 @@ class CountRule:
         raise NotImplementedError
 
 
-def _ranked(conf: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    c = torch.where(masked, conf, torch.full_like(conf, NEG_INF))
-    n = int(masked.sum())
-    vals, idx = torch.topk(c, n)
-    return vals, idx
+class RankedRule(CountRule):
+    """Rules that look at the masked confidences sorted in descending order (the top-1 is always
+    committed): subclasses say which ranks to accept."""
+
+    def accept(self, ranked: torch.Tensor) -> torch.Tensor:
+        """ranked confidences [m] (descending) -> bool [m] of the ranks to commit."""
+        raise NotImplementedError
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+        out = torch.zeros_like(masked)
+        n = int(masked.sum())
+        if n == 0:
+            return out
+        vals, idx = torch.topk(torch.where(masked, conf, torch.full_like(conf, NEG_INF)), n)
+        ok = self.accept(vals)
+        ok[0] = True
+        out[idx[ok]] = True
+        return out
 
 
-class Threshold(CountRule):
+class Threshold(RankedRule):
+    """Fast-dLLM: every masked position with confidence >= tau (the most confident always)."""
+
     def __init__(self, tau: float) -> None:
         self.tau = tau
 
-    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
-        out = torch.zeros_like(masked)
-        if not masked.any():
-            return out
-        vals, idx = _ranked(conf, masked)
-        accept = vals >= self.tau
-        accept[0] = True
-        out[idx[accept]] = True
-        return out
+    def accept(self, ranked: torch.Tensor) -> torch.Tensor:
+        return ranked >= self.tau
 
 
-class Factor(CountRule):
+class Factor(RankedRule):
+    """Fast-dLLM factor rule: accept the n-th (1-based) while c_n >= 1 - f / (n + 1)."""
+
     def __init__(self, f: float) -> None:
         self.f = f
 
-    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
-        out = torch.zeros_like(masked)
-        if not masked.any():
-            return out
-        vals, idx = _ranked(conf, masked)
-        n = torch.arange(1, len(vals) + 1, dtype=vals.dtype, device=vals.device)
-        ok = vals >= 1 - self.f / (n + 1)
+    def accept(self, ranked: torch.Tensor) -> torch.Tensor:
+        n = torch.arange(1, len(ranked) + 1, dtype=ranked.dtype, device=ranked.device)
+        ok = ranked >= 1 - self.f / (n + 1)
         ok[0] = True
-        k = int(torch.cumprod(ok.to(torch.int64), 0).sum())
-        out[idx[:k]] = True
-        return out
+        return torch.cumprod(ok.to(torch.int64), 0).bool()
 
 
 class TopK(CountRule):
