@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import dpad
     from dpad.config import preset
-    from dpad.tasks import arith
+    from dpad.synthetic import arith
 
     lm = dpad.load(device="cpu", dtype="float32")
     n_prompts = args.clients * args.requests

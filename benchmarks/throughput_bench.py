@@ -32,7 +32,7 @@ from dpad.api import encode_prompt
 from dpad.config import DecodeConfig, preset
 from dpad.engine import decode_batch
 from dpad.eval.env import command_args, git_revision
-from dpad.tasks import arith
+from dpad.synthetic import arith
 
 ROOT = Path(__file__).resolve().parent.parent
 

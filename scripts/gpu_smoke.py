@@ -7,7 +7,7 @@ import torch
 from dpad.config import DecodeConfig
 from dpad.engine import decode
 from dpad.models import load
-from dpad.tasks import arith
+from dpad.synthetic import arith
 from dpad.train.trainer import Encoder, score_outputs
 
 ckpt, tok_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])

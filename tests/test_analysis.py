@@ -21,8 +21,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dpad.analysis.attention import AttentionRecorder, block_position_attention, by_distance  # noqa: E402
-from dpad.analysis.common import Prompt, recorded_decode  # noqa: E402
+from dpad.analysis.attention import (  # noqa: E402
+    AttentionRecorder,
+    block_position_attention,
+    by_distance,
+    recorded_decode,
+)
+from dpad.analysis.common import Prompt  # noqa: E402
 from dpad.analysis.keep import (  # noqa: E402
     empirical_rate,
     expected_kept,

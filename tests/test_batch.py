@@ -152,7 +152,7 @@ def test_generate_api_batches(prompts: list) -> None:
     import dpad
 
     lm = dpad.load(device="cpu", dtype="float64")
-    from dpad.tasks import arith
+    from dpad.synthetic import arith
 
     qs = [p.question for p in arith.generate("test", 5, 3)]
     cfg = DecodeConfig(gen_length=64, block_length=32, threshold=0.9, cache="prefix", suffix="gaussian",

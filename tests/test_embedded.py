@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import dpad
-from dpad.tasks import arith
+from dpad.synthetic import arith
 
 # A fixed problem from the held-out test split (asserted below to be a test-split problem).
 QUESTION = ("Hannah practices the guitar for 15 minutes a day, 7 days a week. "

@@ -20,8 +20,8 @@ from dpad.eval.datasets import (
     mbpp_fewshot_examples,
     mbpp_prompt,
 )
-from dpad.eval.metrics import gsm8k_score, math_score
 from dpad.eval.sandbox import check_mbpp, check_program
+from dpad.scoring import gsm8k_score, math_score
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 

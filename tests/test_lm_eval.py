@@ -50,7 +50,7 @@ metadata:
 
 @pytest.fixture()
 def task_dir(tmp_path: Path) -> Path:
-    from dpad.tasks import arith
+    from dpad.synthetic import arith
 
     data = tmp_path / "arith.jsonl"
     with open(data, "w") as fh:

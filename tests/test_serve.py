@@ -21,7 +21,7 @@ import dpad  # noqa: E402
 from dpad.config import DecodeConfig  # noqa: E402
 from dpad.models import LoadedModel  # noqa: E402
 from dpad.serve import ServerThread, create_app  # noqa: E402
-from dpad.tasks import arith  # noqa: E402
+from dpad.synthetic import arith  # noqa: E402
 
 MODEL = "dpad-embedded"
 DEFAULTS = DecodeConfig(gen_length=64, block_length=16, threshold=0.9, cache="prefix")

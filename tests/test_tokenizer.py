@@ -11,8 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from dpad.tasks.arith import Problem, generate  # noqa: E402
-from dpad.tasks.tokenizer import (  # noqa: E402
+from dpad.synthetic.arith import Problem, generate  # noqa: E402
+from dpad.synthetic.tokenizer import (  # noqa: E402
     ASSISTANT_TOKEN,
     EOS_TOKEN,
     MASK_TOKEN,

@@ -18,6 +18,7 @@ Per forward it keeps, per layer, the attention of the block's queries averaged o
 queries: a ``[n_layers, S]`` array over the view's keys (``S`` = keys of the view, with their
 absolute positions). Full per-query rows are kept only on request (``keep_rows=True``, tests).
 
+:func:`recorded_decode` runs the engine's decode loop under a recorder.
 :func:`by_distance` folds the records into attention by distance from the block end
 (``d = key_position - block_end``, ``d = 0`` is the first suffix token).
 """
@@ -34,8 +35,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import DecodeConfig
+from ..engine import GenerationOutput
+from ..engine import suffix as suffix_mod
+from ..engine.loop import check_length, decode
 from ..errors import ConfigError
+from ..models import LoadedModel
 from ..models.layers import Attention, Transformer
+from .common import Prompt, check_analysis_config, env_info, response_text, write_csv, write_json
 
 _ATTN_SIG = inspect.signature(Attention.forward)
 _MODEL_SIG = inspect.signature(Transformer.forward)
@@ -290,6 +297,22 @@ def block_position_attention(records: list[ForwardAttention], block_end: int,
     return kp, np.mean([r.attn for r in recs], axis=0)
 
 
+# ---------------------------------------------------------------------------- recorded decode
+def recorded_decode(lm: LoadedModel, prompt: Prompt, cfg: DecodeConfig,
+                    policy: suffix_mod.SuffixPolicy | None = None,
+                    keep_rows: bool = False, head_blocks: int = 0) -> tuple[GenerationOutput, list[ForwardAttention]]:
+    """Decode ``prompt`` with the engine's loop while recording the block queries' attention
+    (see :class:`~dpad.analysis.attention.AttentionRecorder` for ``keep_rows``/``head_blocks``)."""
+    check_analysis_config(cfg)
+    check_length(len(prompt.ids), cfg, lm.args.max_seq_len)
+    with AttentionRecorder(lm.model, block_length=cfg.block_length, keep_rows=keep_rows,
+                           head_blocks=head_blocks) as rec:
+        out = decode(lm.model, prompt.ids, cfg, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id,
+                     suffix_policy=policy)
+    return out, rec.records
+
+
+
 # ---------------------------------------------------------------------------- command
 def analyze_attention(lm: Any, prompt: Any, cfg: Any, out: Any, label: str = "") -> dict[str, Any]:
     """``dpad analyze attention``: decode ``prompt`` (a :class:`~dpad.analysis.common.Prompt`) with
@@ -301,7 +324,6 @@ def analyze_attention(lm: Any, prompt: Any, cfg: Any, out: Any, label: str = "")
     from pathlib import Path
 
     from . import plots
-    from .common import env_info, recorded_decode, response_text, write_csv, write_json
 
     t0 = time.perf_counter()
     output, records = recorded_decode(lm, prompt, cfg, head_blocks=1)
@@ -352,7 +374,7 @@ def analyze_attention(lm: Any, prompt: Any, cfg: Any, out: Any, label: str = "")
         "files": ["attention.png", "attention.csv", "attention_blocks.csv", "attention_heads.csv", "attention.json"],
     }
     if prompt.solution is not None:
-        from ..eval.metrics import gsm8k_score
+        from ..scoring import gsm8k_score
 
         summary["correct"] = bool(gsm8k_score(summary["response"], prompt.solution)["strict"])
     write_json(out / "attention.json", summary)

@@ -36,7 +36,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", help="prompt text (the tokenizer's chat template is applied when it has one)")
     g.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
     g.add_argument("--problem-index", type=int, default=None,
-                   help="index of a test-split word problem (dpad.tasks.arith)")
+                   help="index of a test-split word problem (dpad.synthetic.arith)")
     g.add_argument("--problem-seed", type=int, default=0, help="seed of the word-problem stream (default 0)")
 
 

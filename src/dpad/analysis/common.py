@@ -1,4 +1,6 @@
-"""Shared helpers of the analysis commands: prompts, recorded decodes, CSV/JSON output."""
+"""Shared helpers of the analysis commands: prompts, the config check, CSV/JSON output.
+
+It imports nothing from the other analysis modules (they all import from it)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,8 @@ from typing import Any
 
 from ..config import DecodeConfig
 from ..engine import GenerationOutput
-from ..engine import suffix as suffix_mod
-from ..engine.loop import check_length, decode
 from ..errors import ConfigError
 from ..models import LoadedModel
-from .attention import AttentionRecorder, ForwardAttention
 
 
 @dataclass
@@ -28,9 +27,9 @@ class Prompt:
 
 
 def problem_prompts(lm: LoadedModel, indices: Iterable[int], seed: int = 0) -> list[Prompt]:
-    """Test-split word problems (``dpad.tasks.arith``) by index, encoded with the model's tokenizer."""
+    """Test-split word problems (``dpad.synthetic.arith``) by index, encoded with the model's tokenizer."""
     from ..api import encode_prompt
-    from ..tasks import arith
+    from ..synthetic import arith
 
     idx = list(indices)
     if any(i < 0 for i in idx):
@@ -59,20 +58,6 @@ def resolve_prompt(lm: LoadedModel, text: str | None, ids: list[int] | None, pro
 def check_analysis_config(cfg: DecodeConfig) -> None:
     if cfg.cfg_scale > 0:
         raise ConfigError("the analysis commands record one forward per step: use cfg_scale=0")
-
-
-def recorded_decode(lm: LoadedModel, prompt: Prompt, cfg: DecodeConfig,
-                    policy: suffix_mod.SuffixPolicy | None = None,
-                    keep_rows: bool = False, head_blocks: int = 0) -> tuple[GenerationOutput, list[ForwardAttention]]:
-    """Decode ``prompt`` with the engine's loop while recording the block queries' attention
-    (see :class:`~dpad.analysis.attention.AttentionRecorder` for ``keep_rows``/``head_blocks``)."""
-    check_analysis_config(cfg)
-    check_length(len(prompt.ids), cfg, lm.args.max_seq_len)
-    with AttentionRecorder(lm.model, block_length=cfg.block_length, keep_rows=keep_rows,
-                           head_blocks=head_blocks) as rec:
-        out = decode(lm.model, prompt.ids, cfg, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id,
-                     suffix_policy=policy)
-    return out, rec.records
 
 
 def response_text(lm: LoadedModel, out: GenerationOutput) -> str:

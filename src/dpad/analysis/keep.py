@@ -149,7 +149,7 @@ def analyze_keep(out: Path | str, window: int, sigma: float, scale: float, *, lm
         "files": ["keep.png", "keep.csv", "keep_map.csv", "keep.json"],
     })
     if prompt.solution is not None:
-        from ..eval.metrics import gsm8k_score
+        from ..scoring import gsm8k_score
 
         summary["correct"] = bool(gsm8k_score(summary["response"], prompt.solution)["strict"])
     write_json(out / "keep.json", summary)

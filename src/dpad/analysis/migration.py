@@ -41,8 +41,8 @@ import numpy as np
 from ..config import DecodeConfig
 from ..engine.suffix import Explicit
 from ..errors import ConfigError
-from .attention import ForwardAttention, block_position_attention
-from .common import Prompt, env_info, recorded_decode, response_text, write_csv, write_json
+from .attention import ForwardAttention, block_position_attention, recorded_decode
+from .common import Prompt, env_info, response_text, write_csv, write_json
 
 REGIONS = ("neighbours", "other far suffix", "near suffix", "block", "prefix")
 SELECT = ("spike", "local", "mean")
@@ -251,7 +251,7 @@ def analyze_migration(lm: Any, prompts: list[Prompt], cfg: DecodeConfig, out: Pa
     """``dpad analyze migration``: writes ``migration.png``, ``migration.csv`` (one row per problem),
     ``migration_attention.csv`` (first block, per problem, position and spike head: attention
     before/after) and ``migration.json`` (summary). Returns the summary."""
-    from ..eval.metrics import gsm8k_extract_strict, gsm8k_score
+    from ..scoring import gsm8k_extract_strict, gsm8k_score
     from . import plots
 
     if not prompts:

@@ -1,7 +1,8 @@
-"""Evaluation: tasks, scoring, sandboxed code execution, the eval runner and lm-eval glue.
+"""Evaluation: benchmark tasks, sandboxed code execution, the eval runner and lm-eval glue.
 
-* :mod:`dpad.eval.metrics` - answer extraction and scoring (GSM8K as in
-  lm-evaluation-harness, MATH via math_verify, HumanEval/MBPP post-processing);
+Answer extraction and scoring (GSM8K as in lm-evaluation-harness, MATH via math_verify,
+HumanEval/MBPP post-processing) live in :mod:`dpad.scoring`, shared with :mod:`dpad.analysis`.
+
 * :mod:`dpad.eval.sandbox` - running generated code in a limited child process;
 * :mod:`dpad.eval.datasets` - local benchmark loaders and few-shot prompts;
 * :mod:`dpad.eval.tasks` - arith, gsm8k, math, humaneval, mbpp (prompts, stop strings, scoring);
@@ -14,5 +15,5 @@
 Submodules are imported on demand so ``import dpad.eval`` stays cheap.
 """
 
-__all__ = ["cli", "datasets", "env", "lm_eval_main", "lm_eval_model", "methods", "metrics", "parallel",
+__all__ = ["cli", "datasets", "env", "lm_eval_main", "lm_eval_model", "methods", "parallel",
            "runner", "sandbox", "tasks"]

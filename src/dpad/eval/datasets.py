@@ -18,7 +18,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dpad.eval.metrics import last_boxed
+from dpad.scoring import last_boxed
 
 __all__ = [
     "MBPP_FEWSHOT_TASK_IDS",
@@ -262,7 +262,7 @@ def mbpp_prompt(problem: dict[str, Any], shots: Sequence[dict[str, Any]] = ()) -
     where ``tests`` are the ``assert`` lines joined by newlines. A shot
     continues with ``"\\n{code}\\n[DONE]"``; shots and the query are separated
     by a blank line and the prompt ends with ``[BEGIN]``. Generation should stop
-    at ``[DONE]`` (see :func:`dpad.eval.metrics.mbpp_postprocess`).
+    at ``[DONE]`` (see :func:`dpad.scoring.mbpp_postprocess`).
     """
     parts = [f"{_mbpp_question(s)}\n{s['code']}\n[DONE]" for s in shots]
     parts.append(_mbpp_question(problem))
@@ -299,7 +299,7 @@ def math_prompt(problem: str, shots: Sequence[dict[str, Any]] = ()) -> str:
     hope it is correct.``); shots and the query are separated by a blank line
     and the prompt ends with ``"Problem:\\n{problem}\\n\\nSolution:"``. With no
     shots this is the zero-shot form. Score with
-    :func:`dpad.eval.metrics.math_score`, which reads ``\\boxed{}`` or the
+    :func:`dpad.scoring.math_score`, which reads ``\\boxed{}`` or the
     ``final answer is`` sentence.
     """
     parts = [f"Problem:\n{s['problem']}\n\nSolution: {s['solution']}" for s in shots]

@@ -537,7 +537,7 @@ def check_program(
 ) -> SandboxResult:
     """Run a HumanEval sample: ``completion`` is appended verbatim to ``problem_prompt``.
 
-    Post-process raw generations with :func:`dpad.eval.metrics.humaneval_postprocess`
+    Post-process raw generations with :func:`dpad.scoring.humaneval_postprocess`
     first. ``limits`` are forwarded to :func:`run_python`.
     """
     program = humaneval_program(problem_prompt, completion, test_code, entry_point)

@@ -4,7 +4,7 @@ A :class:`Task` turns a benchmark into :class:`Sample` s (``prompt`` is the text
 model; the chat template, when used, is applied by :func:`dpad.generate`) and scores one
 generated output. Tasks:
 
-* ``arith``: the embedded model's synthetic test split (:mod:`dpad.tasks.arith`); the prompt is
+* ``arith``: the embedded model's synthetic test split (:mod:`dpad.synthetic.arith`); the prompt is
   the question; scored like GSM8K (strict ``#### N`` and flexible-extract) against ``#### N``.
 * ``gsm8k``: a local JSONL/JSON/Parquet file (``--data``) or the ``datasets`` hub copy; lm-eval
   prompt (``Question: ...\\nAnswer:``, 5 shots from the train split by default), stop strings
@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .. import scoring as met
 from ..errors import ConfigError
 from . import datasets as ds
-from . import metrics as met
 
 __all__ = ["TASKS", "ArithTask", "GSM8KTask", "HumanEvalTask", "MBPPTask", "MathTask", "Sample", "Task",
            "get_task"]
@@ -120,13 +120,13 @@ class ArithTask(Task):
     default_n = 500
 
     def _shots_rows(self) -> list[dict[str, Any]]:
-        from ..tasks import arith
+        from ..synthetic import arith
 
         k = self.effective_fewshot
         return [{"question": p.question, "answer": p.solution} for p in arith.generate("train", k, seed=self.seed)]
 
     def _load(self, limit: int | None) -> list[Sample]:
-        from ..tasks import arith
+        from ..synthetic import arith
 
         problems = arith.generate("test", self.default_n if limit is None else limit, seed=0)
         shots = self._shots_rows() if self.effective_fewshot else []

@@ -66,7 +66,7 @@ class TrainConfig:
 
 
 def _gen_chunk(job: tuple[str, int, int]) -> list[tuple[str, str, int]]:
-    from ..tasks import arith
+    from ..synthetic import arith
 
     split, n, seed = job
     return [(p.question, p.solution, p.answer) for p in arith.generate(split, n, seed=seed)]
@@ -92,7 +92,7 @@ class Encoder:
     def __init__(self, tok_dir: Path) -> None:
         from tokenizers import Tokenizer
 
-        from ..tasks.tokenizer import format_prompt
+        from ..synthetic.tokenizer import format_prompt
 
         self.tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
         self.format_prompt = format_prompt
@@ -276,7 +276,7 @@ def _write_checkpoint(model: Transformer, opt: torch.optim.Optimizer, cfg: Train
 def train(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
 
-    from ..tasks.tokenizer import build_tokenizer
+    from ..synthetic.tokenizer import build_tokenizer
 
     torch.set_num_threads(cfg.threads)
     dev = _device(cfg.device)

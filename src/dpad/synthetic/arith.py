@@ -899,6 +899,7 @@ def _make_problem(question: str, lines: list[str], answer: int) -> Problem:
 def iter_problems(split: str, seed: int = 0) -> Iterator[Problem]:
     """Infinite, deterministic stream of problems of one split."""
     _check_split(split)
+    # the seed string keeps the package's former name so the splits stay the same problems
     rng = random.Random(f"dpad.tasks.arith:{split}:{seed}")
     while True:
         question, lines, answer = _sample_candidate(rng)

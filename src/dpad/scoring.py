@@ -2,7 +2,8 @@
 
 Nothing in this module depends on a model: every function maps generated text
 (and a reference) to a score, so results can be recomputed offline from saved
-generations.
+generations. Both :mod:`dpad.eval` (the benchmark tasks) and :mod:`dpad.analysis` score
+with it.
 
 GSM8K
     Re-implements the two filters of lm-evaluation-harness 0.4.x

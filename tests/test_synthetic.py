@@ -7,8 +7,8 @@ from itertools import islice
 
 import pytest
 
-from dpad.tasks import arith
-from dpad.tasks.arith import Problem, generate, iter_problems, parse_calculations, split_of
+from dpad.synthetic import arith
+from dpad.synthetic.arith import Problem, generate, iter_problems, parse_calculations, split_of
 
 NUM_RE = re.compile(r"\d+")
 ALL_NAMES = set(arith._FEMALE + arith._MALE)

@@ -13,7 +13,7 @@ Pre-tokenization (one regex, applied identically to questions and answers):
 The decoder concatenates tokens, so ``decode(encode(text)) == text`` exactly.
 
 The vocabulary is built (not learned) from the pieces of a corpus plus every
-word :func:`dpad.tasks.arith.vocabulary_words` can emit, each with and without a
+word :func:`dpad.synthetic.arith.vocabulary_words` can emit, each with and without a
 leading space, so no generator output maps to ``<|unk|>``.
 """
 
@@ -83,7 +83,7 @@ def format_example(question: str, solution: str) -> str:
 
 def default_corpus(n_problems: int = 3000, seed: int = 0) -> list[str]:
     """Questions and solutions of ``n_problems`` train problems."""
-    from dpad.tasks.arith import generate
+    from dpad.synthetic.arith import generate
 
     out: list[str] = []
     for p in generate("train", n_problems, seed=seed):
@@ -97,7 +97,7 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 def _build_vocab(corpus: Iterable[str]) -> dict[str, int]:
-    from dpad.tasks.arith import vocabulary_words
+    from dpad.synthetic.arith import vocabulary_words
 
     pieces: set[str] = set()
     for w in vocabulary_words():

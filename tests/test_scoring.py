@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpad.eval.metrics import (
+from dpad.scoring import (
     GSM8K_INVALID,
     extract_code_block,
     gsm8k_extract_flexible,
@@ -106,7 +106,7 @@ def test_math_equivalent_and_score():
 
 
 def test_math_fallback_without_math_verify(monkeypatch):
-    import dpad.eval.metrics as metrics
+    import dpad.scoring as metrics
 
     monkeypatch.setattr(metrics, "_math_verify_equivalent", lambda pred, gold: None)
     assert metrics.math_equivalent("0.5", r"\frac{1}{2}")

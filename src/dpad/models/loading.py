@@ -1,0 +1,210 @@
+"""Checkpoint loading: ``load(path)`` reads ``config.json``'s ``model_type`` and builds the matching
+architecture from our own code (no remote code), then loads ``model.safetensors`` or a sharded
+``model.safetensors.index.json`` with the official parameter names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from . import dream, llada
+from .layers import ModelArgs, Transformer
+
+ARCHITECTURES = {"llada": llada, "dream": dream}
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+    "float64": torch.float64, "fp64": torch.float64,
+}
+
+__all__ = ["ARCHITECTURES", "DTYPES", "LoadedModel", "load", "parse_dtype", "read_config", "save"]
+
+
+@dataclass
+class LoadedModel:
+    """A model plus what the decode loop needs to know about it."""
+
+    model: Transformer
+    tokenizer: Any | None
+    path: Path | None
+    config: dict
+
+    @property
+    def args(self) -> ModelArgs:
+        return self.model.args
+
+    @property
+    def mask_token_id(self) -> int:
+        return int(self.args.mask_token_id)
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.args.eos_token_id)
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype {dtype!r} is not supported; use one of float32, bfloat16, float16, float64")
+    return DTYPES[dtype]
+
+
+def _arch_module(model_type: str):  # noqa: ANN202
+    mod = ARCHITECTURES.get(str(model_type).lower())
+    if mod is None:
+        raise CheckpointError(
+            f"unknown model_type {model_type!r} in config.json; dpad supports: llada, Dream")
+    return mod
+
+
+def read_config(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"model directory {str(p)!r} does not exist")
+    if not p.is_dir():
+        raise CheckpointError(f"{str(p)!r} is not a directory; pass a checkpoint directory holding config.json")
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{str(cfg_path)!r} is missing: a checkpoint directory needs config.json")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{str(cfg_path)!r} is not valid JSON ({e})") from e
+    if "model_type" not in cfg:
+        raise CheckpointError(f"{str(cfg_path)!r} has no model_type field (expected 'llada' or 'Dream')")
+    return cfg
+
+
+def _weight_files(p: Path) -> list[Path]:
+    single = p / "model.safetensors"
+    index = p / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{str(index)!r} is not a valid safetensors index ({e})") from e
+        files = sorted({p / f for f in weight_map.values()})
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"shard(s) listed in {index.name} are missing: {', '.join(missing)}")
+        return files
+    raise CheckpointError(f"no weights in {str(p)!r}: expected model.safetensors or model.safetensors.index.json")
+
+
+def _load_tokenizer(p: Path) -> Any | None:
+    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - surface as one clear line
+        raise CheckpointError(f"could not load the tokenizer in {str(p)!r}: {e}") from e
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+         tokenizer: bool = True) -> LoadedModel:
+    """Load a LLaDA or Dream checkpoint directory (config.json + safetensors [+ tokenizer])."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    cfg = read_config(p)
+    mod = _arch_module(cfg["model_type"])
+    torch_dtype = parse_dtype(dtype)
+    try:
+        args = mod.args_from_config(cfg)
+    except KeyError as e:
+        raise CheckpointError(f"config.json of {str(p)!r} lacks the field {e.args[0]!r}") from e
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    tok = _load_tokenizer(p) if tokenizer else None
+    if tok is not None:
+        if args.mask_token_id is None and getattr(tok, "mask_token_id", None) is not None:
+            args.mask_token_id = int(tok.mask_token_id)
+        if args.eos_token_id is None and getattr(tok, "eos_token_id", None) is not None:
+            args.eos_token_id = int(tok.eos_token_id)
+    if args.mask_token_id is None:
+        raise CheckpointError(
+            f"no mask token id for {str(p)!r}: set mask_token_id in config.json or give the tokenizer a mask_token")
+    if args.eos_token_id is None:
+        raise CheckpointError(f"no EOS token id for {str(p)!r}: set eos_token_id in config.json")
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(p):
+        try:
+            tensors = load_file(str(f))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"weights file {str(f)!r} is corrupt or unreadable ({e})") from e
+        for key, t in tensors.items():
+            ours = mod.map_checkpoint_key(key, args)
+            if ours is not None:
+                state[ours] = t
+    if args.extra.get("weight_tying") and "head.weight" not in state and "embed.weight" in state:
+        state["head.weight"] = state["embed.weight"]
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"checkpoint {str(p)!r} lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != tuple(shape):
+            raise CheckpointError(
+                f"tensor {k!r} in {str(p)!r} has shape {tuple(state[k].shape)}, config implies {tuple(shape)}")
+    model = model.to_empty(device=device).to(torch_dtype)
+    model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=True)
+    model.rotary = type(model.rotary)(args.head_dim, args.rope_theta, args.rope_full_precision).to(device)
+    model.eval().requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tok, path=p, config=cfg)
+
+
+def save(model: Transformer, path: str | Path, dtype: torch.dtype = torch.float32,
+         max_shard_mb: float | None = None) -> Path:
+    """Save in the official layout: config.json + model.safetensors with official key names,
+    or ``model-0000i-of-0000n.safetensors`` shards plus ``model.safetensors.index.json`` when
+    the weights exceed ``max_shard_mb``."""
+    from safetensors.torch import save_file
+
+    args = model.args
+    mod = _arch_module(args.arch)
+    if mod is not llada:
+        raise NotImplementedError("saving is implemented for LLaDA-architecture models")
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    tensors = {mod.checkpoint_key(k, args): v.detach().to("cpu", dtype).contiguous()
+               for k, v in model.state_dict().items()}
+    for old in list(p.glob("model*.safetensors")) + [p / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)
+    limit = None if max_shard_mb is None else max_shard_mb * 2**20
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if limit is None or total <= limit:
+        save_file(tensors, str(p / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for k in sorted(tensors):
+            nbytes = tensors[k].numel() * tensors[k].element_size()
+            if shards[-1] and size + nbytes > limit:
+                shards.append({})
+                size = 0
+            shards[-1][k] = tensors[k]
+            size += nbytes
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(p / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        (p / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1) + "\n")
+    (p / "config.json").write_text(json.dumps(llada.config_from_args(args), indent=2) + "\n")
+    return p
