@@ -164,3 +164,33 @@ def test_generate_api_batches(prompts: list) -> None:
     assert sorted(b.stats["batch_size"] for b in batched) == [2, 2, 3, 3, 3]
     with pytest.raises(dpad.ConfigError, match="batch_size"):
         dpad.generate(lm, qs, cfg, batch_size=0)
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_cancel_check_stops_a_row_mid_block(models: dict, prompts: list, cache: str) -> None:
+    """``is_cancelled`` is read before every forward: a row cancelled after 5 of the 16 steps of its
+    first block takes no further forward, and the other rows decode what they decode alone."""
+    m = models["llada-tiny"].model
+    cfg = DecodeConfig(**BASE, cache=cache)  # vanilla: one token per step, 16 steps per block
+    calls = {"n": 0}
+    inner = m.forward
+
+    def counting(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        return inner(*a, **kw)
+
+    m.forward = counting
+    try:
+        outs = decode_batch(m, prompts[:3], cfg, mask_id=MASK, eos_id=EOS,
+                            is_cancelled=lambda r: r == 1 and calls["n"] >= 5)
+    finally:
+        del m.forward
+    assert outs[1].cancelled and outs[1].nfe == 5 and outs[1].blocks_decoded == 1
+    assert outs[1].response_length == 0  # nothing of the unfinished block counts as committed
+    for i in (0, 2):
+        alone = decode(m, prompts[i], cfg, mask_id=MASK, eos_id=EOS)
+        assert outs[i].generated == alone.generated and outs[i].nfe == alone.nfe and not outs[i].cancelled
+    # cancelled before anything ran: no forward at all
+    out = decode(m, prompts[0], cfg, mask_id=MASK, eos_id=EOS)
+    none = decode_batch(m, [prompts[0]], cfg, mask_id=MASK, eos_id=EOS, is_cancelled=lambda r: True)[0]
+    assert none.nfe == 0 and none.cancelled and out.nfe > 0

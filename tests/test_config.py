@@ -56,6 +56,28 @@ INVALID = [
     ("uniform_keep", dict(suffix="uniform", window=32, uniform_keep=4.0)),
     ("seed", dict(seed="1234")),
     ("compat", dict(compat="fastdllm")),
+    # hostile sizes and values: rejected before any work (nothing clamped)
+    ("seed", dict(seed=2**64)),
+    ("seed", dict(seed=-1)),
+    ("seed", dict(seed=True)),
+    ("steps", dict(steps=1_000_000_000)),
+    ("steps", dict(gen_length=64, block_length=16, steps=128)),
+    ("gen_length", dict(gen_length=2**40, block_length=2**20)),
+    ("gen_length", dict(gen_length=True, block_length=1)),
+    ("window", dict(suffix="gaussian", window=10**9)),
+    ("top_k", dict(top_k=10**30)),
+    ("temperature", dict(temperature=float("inf"))),
+    ("temperature", dict(temperature=1e308)),
+    ("temperature", dict(temperature=float("nan"))),
+    ("top_p", dict(top_p=float("nan"))),
+    ("top_p", dict(top_p=2.0)),
+    ("threshold", dict(threshold=float("nan"))),
+    ("factor", dict(factor=float("inf"))),
+    ("cfg_scale", dict(cfg_scale=float("inf"))),
+    ("alg_temp", dict(alg_temp=float("nan"))),
+    ("sigma", dict(suffix="gaussian", window=64, sigma=float("inf"))),
+    ("temperature", dict(temperature=10**400)),
+    ("early_termination", dict(early_termination="yes")),
 ]
 
 

@@ -6,16 +6,23 @@ Every field is checked in ``validate()`` (called by ``__post_init__``); an inval
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 SUFFIX_POLICIES = ("full", "window", "gaussian", "uniform")
 CACHE_POLICIES = ("none", "prefix", "dual")
 CONFIDENCES = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
 SCHEDULES = ("auto", "llada", "dream")
 COMPAT = ("none", "fast-dllm", "dpad-dream")
+
+# Absolute bounds, independent of the model (a model's context bounds gen_length further, see
+# ``engine.loop.check_length``). They keep a typo or a hostile request from allocating without bound.
+MAX_LENGTH = 1 << 20  # gen_length, block_length, window, uniform_keep, top_k (tokens)
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_TEMPERATURE = 100.0  # Gumbel-max noise (-log u) ** T stays finite in float64 up to here
 
 
 @dataclass
@@ -64,7 +71,10 @@ class DecodeConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         def bad(name: str, why: str) -> None:
-            raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: {why}")
+            raise ConfigError(f"{name}={short_repr(getattr(self, name))} is invalid: {why}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
 
         # numbers given as text (e.g. from a query string) are converted; anything else is an error
         for name in ("threshold", "factor", "temperature", "top_p", "alg_temp", "cfg_scale", "eps", "sigma",
@@ -75,21 +85,30 @@ class DecodeConfig:
                     bad(name, "must be a number")
                 continue
             try:
-                object.__setattr__(self, name, float(v))
-            except (TypeError, ValueError):
+                f = float(v)
+            except (TypeError, ValueError, OverflowError):
                 bad(name, "must be a number")
+            if not math.isfinite(f):
+                bad(name, "must be a finite number")
+            object.__setattr__(self, name, f)
+        for name in ("gen_length", "block_length", "steps", "window", "uniform_keep", "top_k"):
+            v = getattr(self, name)
+            if v is not None and is_int(v) and v > MAX_LENGTH:
+                bad(name, f"must be <= {MAX_LENGTH}")
 
-        if not isinstance(self.gen_length, int) or self.gen_length < 1:
+        if not is_int(self.gen_length) or self.gen_length < 1:
             bad("gen_length", "must be an integer >= 1")
-        if not isinstance(self.block_length, int) or self.block_length < 1:
+        if not is_int(self.block_length) or self.block_length < 1:
             bad("block_length", "must be an integer >= 1")
         if self.gen_length % self.block_length:
             bad("gen_length", f"must be a multiple of block_length={self.block_length} "
                               f"(e.g. {((self.gen_length // self.block_length) + 1) * self.block_length})")
         nb = self.gen_length // self.block_length
         if self.steps is not None:
-            if not isinstance(self.steps, int) or self.steps < 1:
+            if not is_int(self.steps) or self.steps < 1:
                 bad("steps", "must be an integer >= 1 (or None for one token per step)")
+            if self.steps > self.gen_length:
+                bad("steps", f"must be <= gen_length={self.gen_length} (every step commits at least one token)")
             if self.steps % nb:
                 bad("steps", f"must be a multiple of the number of blocks ({nb} = gen_length / block_length)")
         if self.confidence not in CONFIDENCES:
@@ -104,12 +123,12 @@ class DecodeConfig:
             bad("factor", "threshold and factor are exclusive: set only one")
         if self.confidence == "origin" and (self.threshold is not None or self.factor is not None):
             bad("confidence", "'origin' reveals positions at random and cannot be combined with threshold/factor")
-        if not self.temperature >= 0:
-            bad("temperature", "must be >= 0")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            bad("temperature", f"must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy)")
         if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
             bad("top_p", "must be in (0, 1]")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            bad("top_k", "must be an integer >= 1")
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
+            bad("top_k", "must be an integer >= 1 (None: no top-k filter)")
         if not self.alg_temp >= 0:
             bad("alg_temp", "must be >= 0")
         if not self.cfg_scale >= 0:
@@ -123,21 +142,23 @@ class DecodeConfig:
         if self.suffix != "full":
             if self.window is None:
                 bad("window", f"suffix={self.suffix!r} needs a window size W >= 1")
-        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+        if self.window is not None and (not is_int(self.window) or self.window < 1):
             bad("window", "must be an integer >= 1")
         if not self.sigma > 0:
             bad("sigma", "(k, the Gaussian's spread) must be > 0")
         if not self.scale > 0:
             bad("scale", "(a, the keep-probability scale) must be > 0")
         if self.suffix == "uniform":
-            if self.uniform_keep is None or not isinstance(self.uniform_keep, int) or self.uniform_keep < 0:
+            if self.uniform_keep is None or not is_int(self.uniform_keep) or self.uniform_keep < 0:
                 bad("uniform_keep", "suffix='uniform' needs uniform_keep, an integer >= 0")
             if self.uniform_keep > self.window:
                 bad("uniform_keep", f"must be <= window={self.window}")
         if self.cache not in CACHE_POLICIES:
             bad("cache", f"must be one of {', '.join(CACHE_POLICIES)}")
-        if not isinstance(self.seed, int):
-            bad("seed", "must be an integer")
+        if not isinstance(self.early_termination, bool):
+            bad("early_termination", "must be True or False")
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            bad("seed", f"must be an integer in 0..{MAX_SEED} (2**64 - 1)")
         if self.compat not in COMPAT:
             bad("compat", f"must be one of {', '.join(COMPAT)}")
 

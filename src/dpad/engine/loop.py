@@ -97,6 +97,11 @@ class BlockEvent:
 BlockCallback = Callable[[BlockEvent], "bool | None"]
 """``on_block(event)``: return True to cancel the row (it leaves the batch at the block's end)."""
 
+CancelCheck = Callable[[int], bool]
+"""``is_cancelled(row)``: checked for every row before every forward (a cheap flag read); True makes
+the row leave the batch at once, mid-block (its output then holds only the blocks committed so far
+and ``cancelled=True``)."""
+
 
 def check_length(prompt_len: int, cfg: DecodeConfig, max_len: int) -> None:
     if prompt_len + cfg.gen_length > max_len:
@@ -132,13 +137,15 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
                  mask_id: int, eos_id: int,
                  suffix_policies: Sequence[suffix_mod.SuffixPolicy | None] | None = None,
                  seeds: Sequence[int] | None = None,
-                 on_block: BlockCallback | None = None) -> list[GenerationOutput]:
+                 on_block: BlockCallback | None = None,
+                 is_cancelled: CancelCheck | None = None) -> list[GenerationOutput]:
     """Decode a batch of prompts (token ids, any lengths) in lockstep over blocks.
 
     ``seeds`` (default: ``cfg.seed`` for every row) seed each row's own generators;
     ``suffix_policies`` optionally give a row its own suffix policy object (e.g. ``Explicit``).
     A row leaves the batch (its rows of the view and KV cache are dropped) as soon as it is done:
-    early termination, cancellation through ``on_block``, or its last block.
+    early termination, cancellation through ``on_block`` (at the block's end) or ``is_cancelled``
+    (checked before every forward), or its last block.
     """
     t_start = time.perf_counter()
     dev = model.device
@@ -189,7 +196,14 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
     committed = [0] * N  # generated columns that are final
     alive = list(range(N))
 
+    def stop_now(r: int) -> bool:
+        if not cancelled[r] and is_cancelled is not None and is_cancelled(r):
+            cancelled[r] = True
+            t_done[r] = time.perf_counter() - t_start
+        return cancelled[r]
+
     for b in range(cfg.num_blocks):
+        alive = [r for r in alive if not stop_now(r)]
         if not alive:
             break
         bs, be = Pm + b * BL, Pm + (b + 1) * BL
@@ -229,6 +243,8 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
                                         b == cfg.num_blocks - 1, runner.row_nfe[r])
                         if on_block(ev):
                             cancelled[r] = True
+                if cancelled[r] or stop_now(r):
+                    continue
                 if left[k] or (fastdllm_compat and cache.refreshes and cached_steps[r] == 0):
                     act.append(k)
             if not act:
@@ -246,6 +262,9 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
         still = []
         for r in alive:
             forwards[r].append(runner.row_nfe[r] - nfe0[r])
+            if cancelled[r] and r not in notified:  # left mid-block: nothing of this block is final
+                t_done[r] = t_done[r] or time.perf_counter() - t_start
+                continue
             done = cancelled[r] or b == cfg.num_blocks - 1
             if cfg.early_termination and bool((canvas[r, bs:be] == eos_id).any()):
                 canvas[r, be:] = eos_id
