@@ -237,6 +237,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                           sigma=3.0, scale=1.6, window=128, early_termination=True),
     "dream-base-gsm8k-long": _p(gen_length=1024, confidence="entropy", schedule="dream", suffix="gaussian",
                                 sigma=3.0, scale=2.3, window=128, early_termination=True),
+    # LLaDA-MoE-7B-A1B-Instruct model card: generate(steps=128, gen_length=128, block_length=32,
+    # temperature 0, cfg 0, low_confidence); its dInfer example uses threshold 0.9 (-parallel).
+    "llada-moe-instruct": _p(gen_length=128, steps=128, block_length=32),
     "fast-dllm-prefix": _p(threshold=0.9, cache="prefix"),
     "fast-dllm-dual": _p(threshold=0.9, cache="dual"),
 }

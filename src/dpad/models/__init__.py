@@ -1,7 +1,8 @@
 """Models: one plain transformer and the official checkpoints mapped onto it.
 
 - :mod:`.layers`: the transformer (token ids + absolute positions, slot-addressed K/V cache);
-- :mod:`.llada`, :mod:`.dream`: each architecture's config fields and official parameter names;
+- :mod:`.llada`, :mod:`.llada_moe`, :mod:`.dream`: each architecture's config fields and official
+  parameter names; :mod:`.moe`: the mixture-of-experts feed-forward (softmax top-k routing);
 - :mod:`.loading`: ``load(path)`` / ``save`` / ``read_config`` for checkpoint directories.
 """
 

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from .moe import MoEArgs
 
 
 @dataclass
@@ -39,11 +43,13 @@ class ModelArgs:
     norm_eps: float
     max_seq_len: int
     qkv_bias: bool = False
+    qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (LLaDA-MoE)
     rope_full_precision: bool = True
     logits_shift: int = 0  # Dream predicts token j from position j-1's output
     mask_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    moe: MoEArgs | None = None  # mixture-of-experts feed-forward (LLaDA-MoE); None = dense MLP
     extra: dict = field(default_factory=dict)
 
     @property
@@ -128,13 +134,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=args.qkv_bias)
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * hd, bias=args.qkv_bias)
         self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
+        if args.qk_norm:
+            self.q_norm = RMSNorm(hd, args.norm_eps)
+            self.k_norm = RMSNorm(hd, args.norm_eps)
 
     def forward(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor,
                 layer: int, cache: KVCache | None, cache_start: int,
                 key_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q = rotary.apply(q, cos, sin)
         k = rotary.apply(k, cos, sin)
@@ -161,12 +173,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, index: int = 0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(args.dim, args.norm_eps)
         self.attn = Attention(args)
         self.mlp_norm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = MLP(args)
+        if args.moe is not None and args.moe.layers[index]:
+            from .moe import SparseMoE
+
+            self.mlp = SparseMoE(args)
+        else:
+            self.mlp = MLP(args)
 
     def forward(self, x, rotary, cos, sin, layer, cache, cache_start, key_mask):  # noqa: ANN001
         x = x + self.attn(self.attn_norm(x), rotary, cos, sin, layer, cache, cache_start, key_mask)
@@ -180,7 +197,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         self.embed = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.head = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.rotary = Rotary(args.head_dim, args.rope_theta, args.rope_full_precision)

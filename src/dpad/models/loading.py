@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from . import dream, llada
+from . import dream, llada, llada_moe
 from .layers import ModelArgs, Transformer
 
-ARCHITECTURES = {"llada": llada, "dream": dream}
+ARCHITECTURES = {"llada": llada, "dream": dream, "llada-moe": llada_moe, "lladamoe": llada_moe}
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -60,7 +60,15 @@ def _arch_module(model_type: str):  # noqa: ANN202
     mod = ARCHITECTURES.get(str(model_type).lower())
     if mod is None:
         raise CheckpointError(
-            f"unknown model_type {model_type!r} in config.json; dpad supports: llada, Dream")
+            f"unknown model_type {model_type!r} in config.json; dpad supports: llada (LLaDA, LLaDA-MoE), Dream")
+    return mod
+
+
+def _config_arch_module(cfg: dict):  # noqa: ANN202
+    """The architecture a config describes; LLaDA-MoE shares ``model_type: llada`` with dense LLaDA."""
+    mod = _arch_module(cfg["model_type"])
+    if mod is llada and llada_moe.is_llada_moe(cfg):
+        return llada_moe
     return mod
 
 
@@ -119,7 +127,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
 
     p = Path(path)
     cfg = read_config(p)
-    mod = _arch_module(cfg["model_type"])
+    mod = _config_arch_module(cfg)
     torch_dtype = parse_dtype(dtype)
     try:
         args = mod.args_from_config(cfg)
@@ -156,7 +164,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
     expected = {k: v.shape for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise CheckpointError(f"checkpoint {str(p)!r} lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+        names = [mod.checkpoint_key(k, args) for k in missing[:3]]
+        raise CheckpointError(f"checkpoint {str(p)!r} lacks {len(missing)} tensor(s), e.g. {names}; "
+                              "re-download the checkpoint or check that config.json matches it")
     for k, shape in expected.items():
         if tuple(state[k].shape) != tuple(shape):
             raise CheckpointError(
