@@ -56,6 +56,11 @@ def dream():  # noqa: ANN201
     return load(GOLDEN / "dream-tiny", dtype="float64")
 
 
+@pytest.fixture(scope="module")
+def llada_moe():  # noqa: ANN201
+    return load(GOLDEN / "llada-moe-tiny", dtype="float64")
+
+
 def _decode_rows(lm, cfg: DecodeConfig, policy=None):  # noqa: ANN001, ANN202
     return recorded_decode(lm, Prompt(PROMPT, "ids"), cfg, policy=policy, keep_rows=True, head_blocks=-1)
 
@@ -81,9 +86,10 @@ def test_rows_are_probability_distributions(name: str, request: pytest.FixtureRe
         np.testing.assert_allclose(m["prefix"] + m["block"] + m["suffix"], 1.0, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["llada", "dream"])
+@pytest.mark.parametrize("name", ["llada", "dream", "llada_moe"])
 def test_recorded_rows_reproduce_the_attention_output(name: str, request: pytest.FixtureRequest) -> None:
-    """softmax rows x V through o_proj == the Attention module's own output (GQA + bias for Dream)."""
+    """softmax rows x V through o_proj == the Attention module's own output (GQA + bias for Dream,
+    per-head q/k norm for LLaDA-MoE)."""
     lm = request.getfixturevalue(name)
     model = lm.model
     P, B = len(PROMPT), 8

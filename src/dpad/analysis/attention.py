@@ -202,11 +202,9 @@ def block_attention_probs(module: Attention, x: torch.Tensor, rotary: nn.Module,
     r0, r1 = query_rows
     hd = module.head_dim
     with torch.no_grad():
-        q = module.q_proj(x[:, r0:r1]).view(B, r1 - r0, module.n_heads, hd).transpose(1, 2)
-        q = rotary.apply(q, cos[:, :, r0:r1], sin[:, :, r0:r1])
+        q = module.query(x[:, r0:r1], rotary, cos[:, :, r0:r1], sin[:, :, r0:r1])
         if cache is None:
-            k = module.k_proj(x).view(B, T, module.n_kv_heads, hd).transpose(1, 2)
-            k = rotary.apply(k, cos, sin)
+            k = module.key(x, rotary, cos, sin)
         else:
             k = cache.k[layer]
         if module.n_kv_heads != module.n_heads:

@@ -138,18 +138,27 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(hd, args.norm_eps)
             self.k_norm = RMSNorm(hd, args.norm_eps)
 
+    def query(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Query heads ``[B, H, T, hd]`` as the forward attends with (per-head norm if any, then RoPE)."""
+        q = self.q_proj(x).view(*x.shape[:2], self.n_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q = self.q_norm(q)
+        return rotary.apply(q.transpose(1, 2), cos, sin)
+
+    def key(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Key heads ``[B, H_kv, T, hd]`` as the forward attends with (per-head norm if any, then RoPE)."""
+        k = self.k_proj(x).view(*x.shape[:2], self.n_kv_heads, self.head_dim)
+        if hasattr(self, "k_norm"):
+            k = self.k_norm(k)
+        return rotary.apply(k.transpose(1, 2), cos, sin)
+
     def forward(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor,
                 layer: int, cache: KVCache | None, cache_start: int,
                 key_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        q = self.query(x, rotary, cos, sin)
+        k = self.key(x, rotary, cos, sin)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = rotary.apply(q, cos, sin)
-        k = rotary.apply(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, cache_start, k, v)
         if self.n_kv_heads != self.n_heads:
