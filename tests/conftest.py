@@ -56,3 +56,56 @@ def tiny_models(llada_tiny, dream_tiny) -> dict:  # noqa: ANN001
 @pytest.fixture(scope="session")
 def cases() -> list[dict]:
     return load_cases()
+
+
+# ------------------------------------------------------------------ a Hugging Face cache of test models
+HUB_MODELS = {  # hub id -> (source directory, commit)
+    "dpad-test/embedded": (Path(__file__).resolve().parents[1] / "src" / "dpad" / "assets" / "embedded", "e" * 40),
+    "dpad-test/llada-tiny": (GOLDEN_DIR / "llada-tiny", "1" * 40),
+    "dpad-test/dream-tiny": (GOLDEN_DIR / "dream-tiny", "d" * 40),
+}
+
+
+def add_to_hub_cache(cache: Path, repo_id: str, src: Path, commit: str, ref: str | None = "main") -> Path:
+    """Put the files of ``src`` into ``cache`` the way huggingface_hub stores a download:
+    ``models--ORG--NAME/blobs/<hash>``, ``snapshots/<commit>/<file>`` -> blob links, ``refs/<ref>``."""
+    import hashlib
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        if not f.is_file():
+            continue
+        blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+        if not blob.exists():
+            shutil.copyfile(f, blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    if ref is not None:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snap
+
+
+@pytest.fixture(scope="session")
+def hub_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HF_HOME whose hub cache holds the embedded model and the golden tiny models (``HUB_MODELS``),
+    plus ``dpad-test/tiny``: ``main`` is llada-tiny, the tag ``dream`` is dream-tiny."""
+    home = tmp_path_factory.mktemp("hf_home")
+    cache = home / "hub"
+    for repo_id, (src, commit) in HUB_MODELS.items():
+        add_to_hub_cache(cache, repo_id, src, commit)
+    add_to_hub_cache(cache, "dpad-test/tiny", GOLDEN_DIR / "llada-tiny", "1" * 40)
+    add_to_hub_cache(cache, "dpad-test/tiny", GOLDEN_DIR / "dream-tiny", "d" * 40, ref="dream")
+    return home
+
+
+@pytest.fixture()
+def hub(hub_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point HF_HOME at ``hub_home`` (offline) for one test; returns the hub cache directory."""
+    monkeypatch.setenv("HF_HOME", str(hub_home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub_home / "hub"

@@ -116,3 +116,16 @@ def test_cli_launcher_and_no_loglikelihood(task_dir: Path, monkeypatch) -> None:
         lm.loglikelihood([])
     with pytest.raises(ConfigError, match="unknown dpad model arg"):
         DpadLM(gen_lenght=32)
+
+
+def test_simple_evaluate_by_hub_id(task_dir: Path, hub: Path) -> None:  # noqa: ARG001 - hub: the cache
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    res = lm_eval.simple_evaluate(
+        model="dpad", model_args="pretrained=dpad-test/embedded,method=parallel+prefix,gen_length=64,device=cpu",
+        tasks=["dpad_arith_offline"], task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        apply_chat_template=True, batch_size=3, log_samples=True, limit=2)
+    samples = res["samples"]["dpad_arith_offline"]
+    assert len(samples) == 2 and all(s["resps"][0][0] for s in samples)
+    assert "dpad-test/embedded" in str(res["config"]["model_args"])

@@ -35,15 +35,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load(path: str | Path | None = None, device: str | torch.device | None = "auto",
-         dtype: str | torch.dtype | None = "auto") -> LoadedModel:
-    """Load a LLaDA/Dream checkpoint directory; ``path=None`` loads the embedded model.
+         dtype: str | torch.dtype | None = "auto", revision: str | None = None) -> LoadedModel:
+    """Load a LLaDA/Dream checkpoint: a directory, or a Hugging Face Hub id ``ORG/NAME`` (at
+    ``revision``) taken from the local hub cache first; ``path=None`` loads the embedded model.
 
     ``dtype='auto'`` is bfloat16 on CUDA and float32 on CPU.
     """
+    if path is None and revision is not None:
+        raise ConfigError(f"revision={revision!r} needs a hub id: the embedded model has no revisions")
     dev = resolve_device(device)
     if dtype is None or dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    return _load_checkpoint(EMBEDDED_MODEL if path is None else path, device=dev, dtype=dtype)
+    return _load_checkpoint(EMBEDDED_MODEL if path is None else path, device=dev, dtype=dtype, revision=revision)
 
 
 @dataclass

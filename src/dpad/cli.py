@@ -71,7 +71,10 @@ def decode_config_from_args(ns: argparse.Namespace) -> DecodeConfig:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint directory or Hugging Face Hub id ORG/NAME, taken from the local hub cache "
+                        "first (default: the embedded model)")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit of --model (default: main)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, float64 or auto (default)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -95,7 +98,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     prompt: Any = ns.prompt if ns.prompt is not None else parse_ids(ns.prompt_ids)
     if ns.threads:
         torch.set_num_threads(ns.threads)
-    lm = load(ns.model, device=ns.device, dtype=ns.dtype)
+    lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
     chat = ns.chat
     out = generate(lm, prompt, cfg, chat=chat)
     if ns.json:

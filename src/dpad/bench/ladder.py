@@ -63,6 +63,7 @@ class LadderSettings:
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
+    revision: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     threads: int = 2
@@ -70,7 +71,7 @@ class LadderSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     # fields that must match for --resume to continue a run (methods/lengths may grow)
-    RESUME_KEYS = ("task", "task_options", "model", "preset", "overrides", "accuracy_baseline_gen", "dtype")
+    RESUME_KEYS = ("task", "task_options", "model", "revision", "preset", "overrides", "accuracy_baseline_gen", "dtype")
 
     def validate(self) -> None:
         if not self.methods:
@@ -337,7 +338,7 @@ def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool
     if len(samples) < n_problems:
         log(f"[bench] only {len(samples)} problems available (asked for {n_problems})")
 
-    family = model_family(settings.model, read_config(settings.model) if settings.model else None)
+    family = model_family(settings.model, read_config(settings.model, settings.revision) if settings.model else None)
     configs: dict[str, Any] = {}
 
     def config_for(method: str, L: int) -> Any:
@@ -357,7 +358,7 @@ def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    lm = load(settings.model, device=settings.device, dtype=settings.dtype)
+    lm = load(settings.model, device=settings.device, dtype=settings.dtype, revision=settings.revision)
     env = collect_env(lm.model.device, next(lm.model.parameters()).dtype)
     env["interop_threads"] = torch.get_num_interop_threads()
     cmd = command or command_line()

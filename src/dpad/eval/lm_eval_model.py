@@ -12,7 +12,8 @@ or, in Python, ``import dpad.eval.lm_eval_model`` and then ``lm_eval.simple_eval
 
 Model arguments (``--model_args k=v,...``):
 
-* ``pretrained``: checkpoint directory (omitted or ``embedded``: the embedded model);
+* ``pretrained``: checkpoint directory or Hugging Face Hub id ``ORG/NAME`` (local hub cache first;
+  omitted or ``embedded``: the embedded model), ``revision``: its hub branch, tag or commit;
   ``device`` (``auto``), ``dtype`` (``auto``), ``threads``;
 * ``method``: a ladder method (``vanilla``, ``dpad``, ``parallel+prefix+dpad``, ...; the
   model family's published W/k/a) and/or ``preset`` (a :data:`dpad.config.PRESETS` name);
@@ -105,7 +106,7 @@ class DpadLM(LM):
     def __init__(self, pretrained: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
                  batch_size: int | str | None = 1, max_batch_size: int | None = None, method: str | None = None,
                  preset: str | None = None, chat: bool | str = False, threads: int | None = None,
-                 **kwargs: Any) -> None:
+                 revision: str | None = None, **kwargs: Any) -> None:
         super().__init__()
         import torch
 
@@ -119,7 +120,7 @@ class DpadLM(LM):
         if unknown:
             raise ConfigError(f"unknown dpad model arg(s): {', '.join(unknown)}")
         path = None if pretrained in (None, "", "embedded") else str(pretrained)
-        family = model_family(path, read_config(path) if path else None)
+        family = model_family(path, read_config(path, revision) if path else None)
         self.method, self.config = resolve_config(method, preset_name=preset, family=family, overrides=decode)
         self.chat = _as_bool(chat)
         if isinstance(batch_size, str) and not batch_size.isdigit():  # "auto", "auto:4"
@@ -133,7 +134,8 @@ class DpadLM(LM):
         self._rank, self._world_size = self._dist.rank, self._dist.world_size
         if threads:
             torch.set_num_threads(int(threads))
-        self.lm = load(path, device=self._dist.device_for(device or "auto"), dtype=dtype or "auto")
+        self.lm = load(path, device=self._dist.device_for(device or "auto"), dtype=dtype or "auto",
+                       revision=revision)
         self._device = self.lm.model.device
         self.pretrained = path or "embedded"
 

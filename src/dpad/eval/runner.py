@@ -265,7 +265,8 @@ def warm_up(lm: Any, prompt: str, cfg: DecodeConfig, chat: bool | None) -> None:
 
 
 def run_eval(*, task: Task, method: str | None = None, preset_name: str | None = None,
-             overrides: dict[str, Any] | None = None, model: str | None = None, device: str = "auto",
+             overrides: dict[str, Any] | None = None, model: str | None = None, revision: str | None = None,
+             device: str = "auto",
              dtype: str = "auto", threads: int | None = None, limit: int | None = None,
              out: str | Path = "eval_results", batch_size: int = 1, progress: bool = True,
              stub: str | None = None, command: str | None = None,
@@ -285,7 +286,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
         raise ConfigError(f"--batch-size {batch_size} is invalid: must be >= 1")
     if method is not None:
         canonical_method(method)
-    config_json = read_config(model) if model is not None else None
+    config_json = read_config(model, revision) if model is not None else None
     family = model_family(model, config_json)
     label, cfg = resolve_config(method, preset_name=preset_name, family=family, task=task.name,
                                 overrides=overrides)
@@ -301,7 +302,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
         elif generate_fn is None:
             from ..api import load
 
-            lm = load(model, device=ctx.device_for(device), dtype=dtype)
+            lm = load(model, device=ctx.device_for(device), dtype=dtype, revision=revision)
             dev_str, dtype_str = str(lm.model.device), str(next(lm.model.parameters()).dtype)
             generate_fn = model_generate_fn(lm, chat=task.chat, batch_size=batch_size)
             if samples:
@@ -331,6 +332,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
             "kind": "eval",
             "env": collect_env(dev_str, dtype_str, ctx.world_size),
             "model": model or "embedded",
+            "model_revision": revision,
             "model_family": family,
             "task": task.name,
             "task_options": task.describe(),

@@ -1,10 +1,17 @@
 """Checkpoint loading: ``load(path)`` reads ``config.json``'s ``model_type`` and builds the matching
 architecture from our own code (no remote code), then loads ``model.safetensors`` or a sharded
-``model.safetensors.index.json`` with the official parameter names."""
+``model.safetensors.index.json`` with the official parameter names.
+
+``path`` is a checkpoint directory or a Hugging Face Hub id ``ORG/NAME`` (optionally at a
+``revision``): :func:`resolve_checkpoint` uses a directory that exists as it is, and looks an id up
+in the hub cache first (``HF_HOME`` / ``HF_HUB_CACHE``), downloading it only when it is not cached
+and ``HF_HUB_OFFLINE`` is not set."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,8 @@ DTYPES = {
     "float64": torch.float64, "fp64": torch.float64,
 }
 
-__all__ = ["ARCHITECTURES", "DTYPES", "LoadedModel", "load", "parse_dtype", "read_config", "save"]
+__all__ = ["ARCHITECTURES", "DTYPES", "LoadedModel", "download_command", "hub_cache_dir", "is_hub_id", "load",
+           "parse_dtype", "read_config", "resolve_checkpoint", "save"]
 
 
 @dataclass
@@ -72,8 +80,108 @@ def _config_arch_module(cfg: dict):  # noqa: ANN202
     return mod
 
 
-def read_config(path: str | Path) -> dict:
-    p = Path(path)
+# files a checkpoint needs (configs, tokenizer, safetensors weights): a download skips the rest
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def is_hub_id(name: str) -> bool:
+    """``ORG/NAME`` as the Hugging Face Hub spells model ids (letters, digits, ``-``, ``_``, ``.``)."""
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and not name.endswith(".git")
+
+
+def hub_cache_dir() -> Path:
+    """The hub cache, read when called: ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else huggingface_hub's default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def download_command(repo_id: str, revision: str | None = None) -> str:
+    """The shell command that puts ``repo_id`` into the hub cache."""
+    import huggingface_hub
+
+    major, minor = (int(x) for x in re.findall(r"\d+", huggingface_hub.__version__)[:2])
+    cli = "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
+    return f"{cli} download {repo_id}" + (f" --revision {revision}" if revision else "")
+
+
+def resolve_checkpoint(model: str | Path, revision: str | None = None) -> Path:
+    """The checkpoint directory for ``model``: a path that exists is used as given; otherwise a hub id
+    ``ORG/NAME`` (at ``revision``, default ``main``) is looked up in the Hugging Face cache first
+    and downloaded only when it is not cached and ``HF_HUB_OFFLINE`` is not set."""
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise CheckpointError(f"revision={revision!r} is invalid: give a branch, tag or commit hash")
+    if not isinstance(model, (str, Path)):
+        raise CheckpointError(f"model={model!r} is invalid: give a checkpoint directory or a hub id ORG/NAME")
+    if isinstance(model, str) and not model.strip():
+        raise CheckpointError("the model name is empty: give a checkpoint directory or a hub id ORG/NAME")
+    p = Path(model)
+    if isinstance(model, Path) or p.exists() or p.is_absolute() or model.startswith(("./", "../", "~")):
+        if revision is not None:
+            raise CheckpointError(f"revision {revision!r} applies to hub ids, but {str(p)!r} is a local path "
+                                  "(a directory that exists is always used as it is): drop the revision")
+        return p
+    if not is_hub_id(model):
+        raise CheckpointError(f"model {model!r} is neither an existing directory nor a hub id ORG/NAME "
+                              "(e.g. GSAI-ML/LLaDA-8B-Instruct)")
+    return _hub_snapshot(model, revision)
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache = hub_cache_dir()
+    at = f" at revision {revision!r}" if revision else ""
+    get = f"download it with `{download_command(repo_id, revision)}`"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True))
+    except LocalEntryNotFoundError as e:
+        state = "incomplete in" if type(e).__name__ == "IncompleteSnapshotError" else "not in"
+    if hub_offline():
+        raise CheckpointError(f"model {repo_id}{at} is {state} the Hugging Face cache ({cache}) and HF_HUB_OFFLINE "
+                              f"forbids downloading it: run `HF_HUB_OFFLINE=0 {download_command(repo_id, revision)}` "
+                              "first, or pass a checkpoint directory")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, allow_patterns=HUB_FILES))
+    except GatedRepoError as e:
+        raise CheckpointError(f"model {repo_id} is gated: accept its terms on huggingface.co, log in with "
+                              f"a Hugging Face token, then {get}") from e
+    except RepositoryNotFoundError as e:
+        raise CheckpointError(f"model {repo_id} was not found on the Hugging Face Hub (check the id; a private "
+                              "model needs a login)") from e
+    except RevisionNotFoundError as e:
+        raise CheckpointError(f"model {repo_id} has no revision {revision!r} on the Hugging Face Hub") from e
+    except Exception as e:  # noqa: BLE001 - connection, proxy or hub errors: one clear line
+        raise CheckpointError(f"model {repo_id}{at} is {state} the Hugging Face cache ({cache}) and the hub "
+                              f"cannot be reached ({_first_line(e)}): {get}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def read_config(path: str | Path, revision: str | None = None) -> dict:
+    """``config.json`` of a checkpoint directory or hub id (see :func:`resolve_checkpoint`)."""
+    p = resolve_checkpoint(path, revision)
     if not p.exists():
         raise CheckpointError(f"model directory {str(p)!r} does not exist")
     if not p.is_dir():
@@ -111,21 +219,25 @@ def _weight_files(p: Path) -> list[Path]:
 def _load_tokenizer(p: Path) -> Any | None:
     if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         return None
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PretrainedConfig
 
+    # AutoTokenizer reads config.json to pick a tokenizer class; transformers does not know the
+    # llada/Dream model types, falls back to a bare config and warns that the types differ. The
+    # class comes from tokenizer_config.json either way, so an empty config gives the same tokenizer.
     try:
-        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(p), config=PretrainedConfig(), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - surface as one clear line
         raise CheckpointError(f"could not load the tokenizer in {str(p)!r}: {e}") from e
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-         tokenizer: bool = True) -> LoadedModel:
-    """Load a LLaDA or Dream checkpoint directory (config.json + safetensors [+ tokenizer])."""
+         tokenizer: bool = True, revision: str | None = None) -> LoadedModel:
+    """Load a LLaDA or Dream checkpoint (config.json + safetensors [+ tokenizer]) from a directory
+    or a hub id ``ORG/NAME`` at ``revision`` (see :func:`resolve_checkpoint`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    p = Path(path)
+    p = resolve_checkpoint(path, revision)
     cfg = read_config(p)
     mod = _config_arch_module(cfg)
     torch_dtype = parse_dtype(dtype)

@@ -35,7 +35,14 @@ DISCONNECT_POLL_S = 0.25
 
 
 def default_model_id(path: str | Path | None) -> str:
-    return "dpad-embedded" if path is None else Path(path).resolve().name
+    """``dpad-embedded``, a hub id as given (``ORG/NAME``) or the checkpoint directory's name."""
+    from ..models import is_hub_id
+
+    if path is None:
+        return "dpad-embedded"
+    if isinstance(path, str) and is_hub_id(path) and not Path(path).exists():
+        return path
+    return Path(path).resolve().name
 
 
 class Server:

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--served-model-name", default=None,
-                   help="the model id clients send (default: 'dpad-embedded' or the checkpoint directory name)")
+                   help="the model id clients send (default: 'dpad-embedded', the hub id or the checkpoint directory name)")
     p.add_argument("--max-batch-size", type=int, default=8, help="rows per batch (default 8)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="waiting requests before new ones get 429 (default 64)")
@@ -55,7 +55,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
     if ns.threads:
         torch.set_num_threads(ns.threads)
-    lm = load(ns.model, device=ns.device, dtype=ns.dtype)
+    lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
     model_id = ns.served_model_name or default_model_id(ns.model)
     app = create_app(lm, model_id=model_id, defaults=defaults, max_batch_size=ns.max_batch_size,
                      max_queue=ns.max_queue, batch_wait_ms=ns.batch_wait_ms)
