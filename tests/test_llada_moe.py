@@ -194,3 +194,25 @@ def test_model_card_preset() -> None:
     assert (cfg.gen_length, cfg.steps, cfg.block_length, cfg.temperature, cfg.cfg_scale) == (128, 128, 32, 0.0, 0.0)
     assert cfg.confidence == "low_confidence" and cfg.threshold is None
     assert preset("llada-moe-instruct-parallel").threshold == 0.9
+
+
+def test_released_config_defaults() -> None:
+    """The released config.json has no mask_token_id: the model card's 156895 is used for its vocab."""
+    from dpad.models import llada_moe
+
+    cfg = json.loads((MOE / "config.json").read_text())
+    del cfg["mask_token_id"]
+    assert llada_moe.args_from_config(cfg).mask_token_id is None  # left to the tokenizer
+    cfg["vocab_size"] = 157184
+    assert llada_moe.args_from_config(cfg).mask_token_id == 156895
+
+
+def test_lladamoe_model_type_alias(tmp_path: Path) -> None:
+    """Copies of the modelling code that renamed the config class use model_type 'lladamoe'."""
+    d = _copy(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"] = "lladamoe"
+    (d / "config.json").write_text(json.dumps(cfg))
+    g = load_file(str(MOE / "logits.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(load(d, dtype="float64").model(g["input_ids"]), g["logits_f64"])
