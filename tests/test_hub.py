@@ -112,9 +112,12 @@ def test_cli_generate_by_id(hub: Path, capsys: pytest.CaptureFixture) -> None:
     assert by_id["generated_ids"] == json.loads(capsys.readouterr().out)["generated_ids"]
 
 
-def test_cli_missing_model_exits_2_with_one_line(hub: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_missing_model_exits_2_with_one_line(hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for argv in (["generate", "--model", "dpad-test/absent", "--prompt", "hi"],
                  ["eval", "--task", "arith", "--model", "dpad-test/absent", "--limit", "1", "--no-progress"],
+                 ["bench", "--model", "dpad-test/absent", "--n", "1", "--gen-lengths", "32", "--out", str(tmp_path / "b")],
+                 ["serve", "--model", "dpad-test/absent"],
+                 ["analyze", "attention", "--model", "dpad-test/absent", "--out", str(tmp_path / "a")],
                  ["generate", "--model", "a/b/c", "--prompt", "hi"]):
         assert dpad_main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
