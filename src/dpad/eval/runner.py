@@ -39,6 +39,7 @@ __all__ = [
     "markdown_table",
     "model_generate_fn",
     "run_eval",
+    "sandbox_used",
     "stub_generate_fn",
     "summarize",
     "write_results",
@@ -204,6 +205,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         "dpad implies early termination. tok/s counts response tokens only (prompt and EOS padding "
         "excluded)." + ("" if result["batch_size"] == 1 else
                         " Batched run: latency is the batch wall time divided by its size."),
+        "",
+        f"Sandbox for generated code: {result.get('sandbox', NO_CODE)}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -251,6 +254,20 @@ def write_results(prefix: str | Path, records: Sequence[dict[str, Any]], result:
     return paths
 
 
+NO_CODE = "not used (the task executes no generated code)"
+
+
+def sandbox_used(task: Task) -> str:
+    """The isolation layer generated code of ``task`` runs in (:func:`dpad.eval.sandbox.isolation_method`),
+    or :data:`NO_CODE`. Raises :class:`~dpad.eval.sandbox.SandboxUnavailableError` (one line: install
+    bubblewrap or pass --allow-unsandboxed) when the task would run code without OS isolation."""
+    if not task.executes_code:
+        return NO_CODE
+    from .sandbox import require_isolation
+
+    return require_isolation(task.allow_unsandboxed)
+
+
 def _launcher_prefix(command: str, world_size: int) -> str:
     if world_size > 1 and command.startswith("dpad "):
         return f"torchrun --nproc_per_node {world_size} -m dpad.cli {command[5:]}"
@@ -270,10 +287,14 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
              dtype: str = "auto", threads: int | None = None, limit: int | None = None,
              out: str | Path = "eval_results", batch_size: int = 1, progress: bool = True,
              stub: str | None = None, command: str | None = None,
-             generate_fn: GenerateFn | None = None) -> dict[str, Any] | None:
+             generate_fn: GenerateFn | None = None,
+             allow_unsandboxed: bool | None = None) -> dict[str, Any] | None:
     """Everything ``dpad eval`` does. Returns the result dict on rank 0 (None on other ranks).
 
-    ``stub`` (``canonical``/``empty``) or ``generate_fn`` replace the model (tests).
+    ``stub`` (``canonical``/``empty``) or ``generate_fn`` replace the model (tests). Tasks that
+    execute generated code (humaneval, mbpp) need an OS sandbox (:mod:`dpad.eval.sandbox`); without
+    one they are refused before the model loads unless ``allow_unsandboxed`` (default: the task's
+    own setting). The summary's ``sandbox`` field says which isolation layer ran the code.
     """
     import torch
 
@@ -291,6 +312,9 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
     label, cfg = resolve_config(method, preset_name=preset_name, family=family, task=task.name,
                                 overrides=overrides)
     samples = task.samples(limit)  # validates data before the model loads
+    if allow_unsandboxed is not None:
+        task.allow_unsandboxed = allow_unsandboxed
+    sandbox = sandbox_used(task)  # refuses here, before any heavy work, when code would run unisolated
     ctx = init_distributed(device)
     try:
         if threads:
@@ -344,6 +368,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
             "batch_size": batch_size,
             "batched_engine": generate_accepts_batch_size(),
             "stub": stub,
+            "sandbox": sandbox,
             "wall_time_s": max(walls),
             "summary": summarize(merged, task),
         }

@@ -1,55 +1,57 @@
-"""Run untrusted generated Python (HumanEval/MBPP solutions) in a child process.
+"""Run untrusted generated Python (HumanEval/MBPP solutions) in an OS sandbox.
 
-This is a *best-effort* containment layer for benchmark code, not a security
-boundary. Each call of :func:`run_python`:
+The boundary is the operating system. Each call of :func:`run_python` writes the program to
+``solution.py`` and runs ``python -I -B`` on it in the best isolation layer available here
+(:func:`isolation_method` says which):
 
-* writes the program to ``solution.py`` in a fresh temporary directory that is
-  the child's working directory (and ``HOME``/``TMPDIR``) and is deleted
-  afterwards;
-* starts ``sys.executable -I`` (isolated mode: no ``PYTHON*`` variables, no user
-  site, script directory not on ``sys.path``) with ``start_new_session=True`` so
-  the child leads its own process group, stdin from ``/dev/null`` and a minimal
-  environment (``PATH``, ``LANG``, ``LC_ALL``, ``HOME``, ``TMPDIR``): nothing
-  from the parent's environment (tokens, keys) is inherited;
-* sets resource limits in a ``preexec_fn``: ``RLIMIT_CPU`` (about the wall-clock
-  timeout), ``RLIMIT_AS`` (``memory_mb``), ``RLIMIT_FSIZE`` (``max_file_mb``),
-  ``RLIMIT_NPROC`` (``max_procs`` more tasks than the user already runs; not
-  enforced by the kernel for root) and ``RLIMIT_CORE`` = 0. The function only
-  calls ``resource.setrlimit`` on values computed beforehand, so it is safe to
-  call :func:`run_python` from a few threads at once;
-* when the ``unshare`` tool (util-linux) works here, wraps the child in new
-  **network and PID namespaces** (``unshare --net --pid --fork --kill-child``,
-  or with ``--user --map-root-user`` for unprivileged users): the child sees
-  only a loopback interface that is down, cannot signal processes outside its
-  namespace (``kill(-1, ...)`` included) and every process it forks dies with
-  it. :func:`isolation_method` reports what was available;
-* always runs a guard preamble before the program (defence in depth, and the
-  only layer where namespaces are unavailable): ``socket`` objects cannot be
-  created; ``os.fork``/``posix_spawn``/``exec*``/``system``/``popen``/
-  ``kill``/``killpg``/``setsid`` and ``subprocess``/``multiprocessing``
-  process creation raise ``PermissionError``; ``ctypes`` cannot be imported;
-  ``open``/``os.open`` for writing and ``remove``/``rename``/``mkdir``/``chmod``
-  and friends are refused for paths outside the working directory; other
-  processes' ``/proc/<pid>/environ`` cannot be read. A determined program can
-  undo these Python-level patches (e.g. through ``gc``/``sys.modules`` tricks);
-  they stop accidents and typical model output, not adversaries;
-* enforces the wall-clock timeout in the parent and then ``SIGKILL``\\ s the
-  whole process group, also after a normal exit, so stragglers never outlive
-  the call. Stdout/stderr go to files outside the child's directory; the
-  first ``max_output_bytes`` of stdout and the last ``max_output_bytes`` of
-  stderr (where a traceback ends) are read back.
+* ``"bubblewrap"`` (the ``bwrap`` tool; Debian/Ubuntu package ``bubblewrap``): new mount, PID,
+  network, IPC and UTS namespaces (plus a user namespace when not run as root). The sandbox's
+  root holds only read-only binds of ``/usr`` (with the ``/bin``, ``/lib*`` links), the
+  dynamic-linker cache and the Python installation (its prefixes: stdlib and site-packages);
+  a fresh ``/proc`` that shows only the sandbox's own processes; a minimal read-only ``/dev``
+  (with a size-limited ``/dev/shm``); a private, size-limited tmpfs ``/tmp``; and the sample's own directory ``/sandbox`` (a size-limited tmpfs,
+  the only other writable place, holding ``solution.py``). ``$HOME``, the repository, other
+  users' files and the host's processes are not there at all. No network (only a loopback that
+  is down), a clean environment (``PATH``, ``LANG``, ``LC_ALL``, ``HOME``, ``TMPDIR``), a new
+  session (no terminal), and the sandbox dies with its parent. Run as root, bwrap keeps only
+  ``CAP_SETUID``/``CAP_SETGID`` and the runner switches to uid/gid 65534 (nobody) before the
+  program starts, so the program runs with no capabilities and ``RLIMIT_NPROC`` is enforced.
+* ``"unshare"`` (util-linux, where bwrap is missing): the same layout built by a small shell
+  script in new mount, PID, network, IPC and UTS namespaces (``pivot_root`` into a tmpfs, the
+  host's tree unmounted), then ``setpriv`` drops every capability (and, as root, switches to
+  uid 65534) before Python starts.
+* ``"none"``: no OS isolation works here. Generated code is then **refused**
+  (:class:`SandboxUnavailableError`, one line saying how to fix it) unless the caller opts in
+  with ``allow_unsandboxed=True`` (``dpad eval --allow-unsandboxed``); the program then runs
+  as a plain child process with the limits and guard below (reported as
+  ``"none (unsandboxed, user opted in)"``).
 
-For real isolation run evaluations in a container/VM as an unprivileged user.
+Set ``DPAD_SANDBOX=bubblewrap|unshare|none`` to force one layer (e.g. to test a fallback).
+
+Defence in depth on every layer (not a boundary by themselves): resource limits set before
+the sandbox starts - ``RLIMIT_CPU`` (about the wall-clock timeout), ``RLIMIT_AS``
+(``memory_mb``), ``RLIMIT_FSIZE`` (``max_file_mb``), ``RLIMIT_NPROC``, ``RLIMIT_NOFILE`` and
+``RLIMIT_CORE`` = 0; and a Python guard preamble that refuses sockets, process creation and
+signalling, ``ctypes`` and writes outside the working directory (a determined program can undo
+it). The parent enforces the wall-clock timeout: it kills the sandbox's PID-namespace init,
+which takes every process of the sandbox with it, and waits until they are gone (without OS
+isolation it kills the child's process group). Stdout/stderr go to files outside the sandbox;
+the first ``max_output_bytes`` of stdout and the last ``max_output_bytes`` of stderr are read
+back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import resource
+import select
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,21 +59,36 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+from ..errors import DpadError
+
 __all__ = [
+    "LAYERS",
     "SandboxResult",
+    "SandboxUnavailableError",
     "Status",
+    "available_isolation",
     "check_mbpp",
     "check_program",
     "humaneval_program",
     "isolation_method",
     "mbpp_program",
+    "require_isolation",
     "run_python",
 ]
 
 Status = Literal["passed", "failed", "timeout", "error"]
 
+LAYERS: tuple[str, ...] = ("bubblewrap", "unshare", "none")
+OPTED_IN = "none (unsandboxed, user opted in)"
+
 _MINIMAL_PATH = "/usr/local/bin:/usr/bin:/bin"
 _SOLUTION_NAME = "solution.py"
+_WORK = "/sandbox"  # the sample's own directory inside an OS sandbox
+_NOBODY = 65534  # uid/gid the program runs as when the sandbox is started by root
+
+
+class SandboxUnavailableError(DpadError):
+    """No OS isolation for generated code here, and the caller did not opt in to run without it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +100,7 @@ class SandboxResult:
     ``"timeout"`` (wall-clock or CPU limit hit) or ``"error"`` (killed by a
     signal, ran out of memory, hit the file-size limit, or the sandbox itself
     failed to start). ``stdout``/``stderr`` are truncated to the output cap.
+    ``isolation`` is the layer the program ran in.
     """
 
     passed: bool
@@ -91,6 +109,7 @@ class SandboxResult:
     stderr: str
     duration_s: float
     returncode: int | None = None
+    isolation: str = ""
 
 
 # --------------------------------------------------------------------------- guard
@@ -232,56 +251,289 @@ _dpad_main()
 """
 
 
-# --------------------------------------------------------------------------- isolation
+# Run as root inside bwrap (which left only CAP_SETUID/CAP_SETGID): become nobody before the
+# program starts. That clears every capability and makes the kernel enforce RLIMIT_NPROC.
+_DROP_ROOT = r"""
+if _os.getuid() == 0:
+    try:
+        _os.setgroups([])
+        _os.setresgid(NOBODY, NOBODY, NOBODY)
+        _os.setresuid(NOBODY, NOBODY, NOBODY)
+    except OSError as _e:
+        _sys.stderr.write("dpad sandbox: could not drop root privileges: %s\n" % _e)
+        _os._exit(125)
+    if 0 in _os.getresuid() or 0 in _os.getresgid():
+        _os._exit(125)
+""".replace("NOBODY", str(_NOBODY))
 
-_PREFIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("unshare(net,pid)", ("--net", "--pid", "--fork", "--kill-child")),
-    ("unshare(user,net,pid)", ("--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child")),
-    ("unshare(net)", ("--net",)),
-    ("unshare(user,net)", ("--user", "--map-root-user", "--net")),
-)
+
+# --------------------------------------------------------------------------- mount plan
 
 
 @functools.lru_cache(maxsize=1)
-def _namespace_prefix() -> tuple[str, tuple[str, ...]]:
-    """Probe once which ``unshare`` invocation works; ``("none", ())`` if none does.
+def _readonly_plan() -> tuple[tuple[str, str, str], ...]:
+    """What an OS sandbox sees of the host: ``("bind", src, dest)`` / ``("symlink", target, dest)``.
 
-    Set ``DPAD_SANDBOX_NO_NAMESPACES=1`` to skip namespaces (guard only).
+    ``/usr`` and its top-level links, the dynamic-linker configuration, and the Python
+    installation. A Python prefix that is ``/`` or holds ``$HOME`` is not bound whole: only
+    the directories on ``sys.path`` and the interpreter's own directory are.
     """
-    if os.environ.get("DPAD_SANDBOX_NO_NAMESPACES", "") not in ("", "0"):
-        return "none", ()
-    tool = shutil.which("unshare") or next(
-        (p for p in ("/usr/bin/unshare", "/bin/unshare") if os.access(p, os.X_OK)), None
-    )
-    if tool is None or not sys.platform.startswith("linux"):
-        return "none", ()
-    probe = "import socket,sys\ns=socket.socket()\ns.settimeout(2)\ntry:\n s.connect(('127.0.0.1',9))\nexcept ConnectionRefusedError:\n sys.exit(3)\nexcept OSError:\n sys.exit(0)\nsys.exit(4)\n"
-    for name, flags in _PREFIXES:
-        try:
-            done = subprocess.run(
-                [tool, *flags, "--", sys.executable, "-I", "-c", probe],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=20,
-                env={"PATH": _MINIMAL_PATH},
-                start_new_session=True,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if done.returncode == 0:
-            return name, (tool, *flags, "--")
-    return "none", ()
+    plan: list[tuple[str, str, str]] = []
+    bound: list[str] = []
+
+    def covered(path: str) -> bool:
+        return any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound)
+
+    def bind(path: str) -> None:
+        path = os.path.realpath(path)
+        if path == "/" or not os.path.exists(path) or covered(path):
+            return
+        plan.append(("bind", path, path))
+        bound.append(path)
+
+    bind("/usr")
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            plan.append(("symlink", os.readlink(top), top))
+        elif os.path.isdir(top):
+            bind(top)
+    for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"):
+        if os.path.lexists(etc):
+            plan.append(("bind", etc, etc))
+    home = os.path.realpath(os.path.expanduser("~"))
+    prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
+    for prefix in sorted(os.path.realpath(p) for p in prefixes):
+        if prefix != "/" and not (home + "/").startswith(prefix.rstrip("/") + "/"):
+            bind(prefix)
+    for entry in sys.path:
+        if entry and os.path.isabs(entry) and os.path.isdir(entry) and os.path.realpath(entry) != home:
+            real = os.path.realpath(entry)
+            if any(real == p or real.startswith(p.rstrip("/") + "/") for p in map(os.path.realpath, prefixes)):
+                bind(real)
+    bind(os.path.dirname(os.path.realpath(sys.executable)))
+    exe_dir = os.path.dirname(os.path.abspath(sys.executable))
+    if os.path.realpath(exe_dir) != exe_dir or not covered(exe_dir):
+        venv = os.path.dirname(exe_dir)
+        if os.path.isfile(os.path.join(venv, "pyvenv.cfg")) and venv != home:
+            bind(venv)
+    return tuple(plan)
 
 
-def isolation_method() -> str:
-    """Which OS-level isolation :func:`run_python` uses on this machine.
+def _bwrap_argv(tool: str, host_solution: str, sizes: tuple[int, int], privileged: bool,
+                runner: Sequence[str]) -> list[str]:
+    tmp_bytes, work_bytes = sizes
+    argv = [tool, "--die-with-parent", "--new-session", "--clearenv"]
+    for key, value in _inner_env().items():
+        argv += ["--setenv", key, value]
+    if privileged:  # real root: no user namespace; the runner drops to nobody
+        argv += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                 "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-all", "--unshare-user"]
+    made: set[str] = set()
+    for kind, src, dest in _readonly_plan():
+        # bwrap would copy the host's modes for missing parents (e.g. 0700 for /root): make them 0755
+        parent, parents = os.path.dirname(dest), []
+        while parent not in ("/", "") and parent not in made:
+            parents.append(parent)
+            made.add(parent)
+            parent = os.path.dirname(parent)
+        for d in reversed(parents):
+            argv += ["--perms", "0755", "--dir", d]
+        argv += ["--symlink", src, dest] if kind == "symlink" else ["--ro-bind", src, dest]
+    argv += ["--dev", "/dev", "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm",
+             "--remount-ro", "/dev", "--proc", "/proc",
+             "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+             "--perms", "0777", "--size", str(work_bytes), "--tmpfs", _WORK,
+             "--ro-bind", host_solution, f"{_WORK}/{_SOLUTION_NAME}",
+             "--remount-ro", "/", "--chdir", _WORK, "--", *runner]
+    return argv
 
-    One of ``"unshare(net,pid)"``, ``"unshare(user,net,pid)"``,
-    ``"unshare(net)"``, ``"unshare(user,net)"`` or ``"none"``; in every case
-    the Python guard preamble is active too (unless ``guard=False``).
-    """
-    return _namespace_prefix()[0]
+
+def _unshare_script(root_dir: str, host_solution: str, sizes: tuple[int, int], as_root: bool,
+                    runner: Sequence[str]) -> str:
+    """Shell script run as PID 1 of fresh namespaces: build the tree, pivot into it, drop privileges."""
+    q = shlex.quote
+    tmp_bytes, work_bytes = sizes
+    r = q(root_dir)
+    lines = ["set -eu", "umask 022", f"mount -t tmpfs -o mode=0755,size=4m dpad-root {r}"]
+    for kind, src, dest in _readonly_plan():
+        target = q(root_dir + dest)
+        if kind == "symlink":
+            lines.append(f"mkdir -p {q(os.path.dirname(root_dir + dest))} && ln -s {q(src)} {target}")
+        else:
+            make = "mkdir -p" if os.path.isdir(src) else f"mkdir -p {q(os.path.dirname(root_dir + dest))} && touch"
+            lines.append(f"{make} {target}")
+            lines.append(f"mount --bind {q(src)} {target}")
+            lines.append(f"mount -o remount,bind,ro,nosuid,nodev {target}")
+    lines += [
+        f"mkdir {r}/proc && mount -t proc -o nosuid,nodev,noexec proc {r}/proc",
+        f"mkdir {r}/dev && mount -t tmpfs -o mode=0755,size=64k dpad-dev {r}/dev",
+        f"for n in null zero full random urandom; do touch {r}/dev/$n; mount --bind /dev/$n {r}/dev/$n; done",
+        f"ln -s /proc/self/fd {r}/dev/fd && mkdir {r}/dev/shm",
+        f"mount -t tmpfs -o mode=1777,size={tmp_bytes},nosuid,nodev dpad-shm {r}/dev/shm",
+        f"mount -o remount,ro,bind {r}/dev",
+        f"mkdir {r}/tmp && mount -t tmpfs -o mode=1777,size={tmp_bytes},nosuid,nodev dpad-tmp {r}/tmp",
+        f"mkdir {r}{_WORK} && mount -t tmpfs -o mode=0777,size={work_bytes},nosuid,nodev dpad-work {r}{_WORK}",
+        f"cp {q(host_solution)} {r}{_WORK}/{_SOLUTION_NAME} && chmod 0444 {r}{_WORK}/{_SOLUTION_NAME}",
+        f"mkdir {r}/.old && cd {r} && pivot_root . .old && cd / && umount -l /.old && rmdir /.old",
+        "mount -o remount,ro,bind / 2>/dev/null || mount -o remount,ro /",
+        f"cd {_WORK}",
+    ]
+    ids = f"--reuid={_NOBODY} --regid={_NOBODY} --clear-groups " if as_root else ""
+    env = " ".join(q(f"{k}={v}") for k, v in _inner_env().items())
+    cmd = " ".join(q(a) for a in runner)
+    # not exec: sh stays PID 1 (init ignores signals from inside), the namespace dies when it exits
+    lines.append(f"setpriv {ids}--inh-caps=-all --bounding-set=-all --no-new-privs -- env -i {env} {cmd}")
+    return "\n".join(lines) + "\n"
+
+
+def _inner_env() -> dict[str, str]:
+    return {"PATH": _MINIMAL_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": _WORK, "TMPDIR": _WORK}
+
+
+# --------------------------------------------------------------------------- layers
+
+
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+    layer: str  # one of LAYERS
+    tool: str = ""
+    privileged: bool = False  # started by real root without a user namespace
+
+
+def _find_tool(name: str) -> str | None:
+    return shutil.which(name, path=_MINIMAL_PATH + ":/usr/sbin:/sbin") or shutil.which(name)
+
+
+def _candidates(layer: str) -> list[_Variant]:
+    if not sys.platform.startswith("linux"):
+        return []
+    root = os.geteuid() == 0
+    if layer == "bubblewrap":
+        tool = _find_tool("bwrap")
+        if tool is None:
+            return []
+        return [_Variant(layer, tool, True), _Variant(layer, tool, False)] if root else [_Variant(layer, tool, False)]
+    if layer == "unshare":
+        tool = _find_tool("unshare")
+        if tool is None or not all(_find_tool(t) for t in ("setpriv", "pivot_root", "mount", "umount")):
+            return []
+        return [_Variant(layer, tool, root)]
+    return []
+
+
+_PROBE = r"""
+import os, socket, sys
+pids = [p for p in os.listdir("/proc") if p.isdigit()]
+if len(pids) > 4:
+    sys.exit("dpad sandbox probe: host processes visible: %d" % len(pids))
+for path in ("/dpad-probe", "/usr/dpad-probe"):
+    try:
+        open(path, "w").close()
+    except OSError:
+        pass
+    else:
+        sys.exit("dpad sandbox probe: %s writable" % path)
+s = socket.socket()
+s.settimeout(2)
+try:
+    s.connect(("127.0.0.1", PORT))  # the parent listens there: the host's loopback must be out of reach
+except OSError:
+    pass
+else:
+    sys.exit("dpad sandbox probe: the host's network is reachable")
+with open("probe.txt", "w") as fh:
+    fh.write("x")
+print("ok uid=%d" % os.getuid())
+"""
+
+_reasons: dict[str, str] = {}
+
+
+@functools.cache
+def _working(layer: str) -> _Variant | None:
+    """The first variant of ``layer`` that passes the isolation probe here (None if none does)."""
+    if layer == "none":
+        return _Variant("none")
+    variants = _candidates(layer)
+    if not variants:
+        _reasons[layer] = {"bubblewrap": "bwrap not found", "unshare": "unshare/setpriv/pivot_root not found"}.get(
+            layer, "not on Linux")
+        if not sys.platform.startswith("linux"):
+            _reasons[layer] = "not on Linux"
+    for v in variants:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            listener.setblocking(False)
+            probe = _PROBE.replace("PORT", str(listener.getsockname()[1]))
+            res = _execute(probe, v, timeout_s=20.0, memory_mb=1024, max_procs=16, max_file_mb=1,
+                           max_output_bytes=4096, guard=False)
+            try:
+                listener.accept()[0].close()
+                reached = True
+            except OSError:
+                reached = False
+        out = res.stdout.strip()
+        if res.passed and not reached and out.startswith("ok") and (not v.privileged or out == f"ok uid={_NOBODY}"):
+            return v
+        last = (res.stderr.strip().splitlines() or [res.status])[-1]
+        _reasons[layer] = f"{os.path.basename(v.tool)} failed: {last[:200]}"
+    return None
+
+
+def _forced_layer() -> str | None:
+    forced = os.environ.get("DPAD_SANDBOX", "").strip()
+    if not forced:
+        return None
+    if forced not in LAYERS:
+        raise SandboxUnavailableError(f"DPAD_SANDBOX={forced!r} is invalid: use one of {', '.join(LAYERS)} "
+                                      "or leave it unset")
+    return forced
+
+
+def _best_layer() -> str:
+    forced = _forced_layer()
+    if forced is not None:
+        return forced if _working(forced) is not None else "none"
+    return next(layer for layer in LAYERS if _working(layer) is not None)
+
+
+def available_isolation() -> tuple[str, ...]:
+    """The OS isolation layers that work here, best first (``()`` when none does)."""
+    return tuple(layer for layer in LAYERS[:-1] if _working(layer) is not None)
+
+
+def isolation_method(allow_unsandboxed: bool = False) -> str:
+    """Which layer :func:`run_python` uses here: ``"bubblewrap"``, ``"unshare"``, or without OS
+    isolation ``"none (unsandboxed, user opted in)"`` (with ``allow_unsandboxed``) / ``"none"``
+    (generated code is refused)."""
+    layer = _best_layer()
+    if layer == "none":
+        return OPTED_IN if allow_unsandboxed else "none"
+    return layer
+
+
+def _unavailable_message(requested: str | None = None) -> str:
+    why = "; ".join(f"{k}: {v}" for k, v in _reasons.items() if k != "none") or "no isolation tool works here"
+    if requested:
+        head = f"sandbox layer {requested!r} is not available here ({why})"
+    else:
+        head = f"refusing to run generated code without an OS sandbox ({why})"
+    return (f"{head}: install bubblewrap (e.g. apt-get install bubblewrap) or, to run it without "
+            "isolation, pass --allow-unsandboxed (allow_unsandboxed=True)")
+
+
+def require_isolation(allow_unsandboxed: bool = False) -> str:
+    """:func:`isolation_method`, or :class:`SandboxUnavailableError` when generated code would be refused."""
+    method = isolation_method(allow_unsandboxed)
+    if method == "none":
+        raise SandboxUnavailableError(_unavailable_message())
+    return method
+
+
+# --------------------------------------------------------------------------- limits and process handling
 
 
 def _user_task_count(uid: int) -> int:
@@ -356,6 +608,84 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """After the leader is reaped: SIGKILL the group until no member is left (zombies waiting
+    for their reaper may keep it non-empty until ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.002)
+
+
+def _child_pids(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            return [int(c) for c in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _read_info(fd: int, deadline: float) -> int | None:
+    """The host pid of the sandbox's PID-namespace init, from bwrap's ``--info-fd`` JSON."""
+    buf = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    try:
+        return int(json.loads(buf.decode())["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class _NamespaceInit:
+    """Handle on the sandbox's PID-namespace init (pid 1 inside). Its death takes every process of
+    the namespace with it, and the kernel reports it only once they are all gone. Holding a pidfd
+    keeps the handle valid after bwrap, its parent, has exited (bwrap may exit as soon as the
+    program does, before the namespace is torn down)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid, self.fd = pid, None
+        if pid is not None and hasattr(os, "pidfd_open"):
+            try:
+                self.fd = os.pidfd_open(pid)
+            except OSError:
+                self.pid = None  # already gone
+
+    def kill(self) -> None:
+        try:
+            if self.fd is not None:
+                signal.pidfd_send_signal(self.fd, signal.SIGKILL)
+            elif self.pid is not None:
+                os.kill(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+
+    def wait_gone(self, timeout_s: float) -> bool:
+        if self.fd is not None:
+            return bool(select.select([self.fd], [], [], timeout_s)[0])
+        if self.pid is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while _pid_running(self.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 _HAS_WAITID = all(hasattr(os, n) for n in ("waitid", "P_PID", "WEXITED", "WNOHANG", "WNOWAIT"))
 
 
@@ -413,9 +743,130 @@ def _classify(returncode: int, stderr: str, cpu_used_s: float, cpu_limit_s: int)
     if returncode < 0:
         return "error"
     tail = stderr.rstrip().rsplit("\n", 1)[-1]
-    if tail.startswith("MemoryError") or "[Errno 27] File too large" in tail:
+    if tail.startswith("MemoryError") or "[Errno 27] File too large" in tail or returncode == 125:
         return "error"
     return "failed"
+
+
+def _execute(code: str, variant: _Variant, *, timeout_s: float, memory_mb: int, max_procs: int,
+             max_file_mb: int, max_output_bytes: int, guard: bool) -> SandboxResult:
+    start = time.monotonic()
+    tmp_root = tempfile.mkdtemp(prefix="dpad_sandbox_")
+    try:
+        work = os.path.join(tmp_root, "work")
+        os.mkdir(work, 0o700)
+        solution = os.path.join(work, _SOLUTION_NAME)
+        with open(solution, "w", encoding="utf-8") as fh:
+            fh.write(code)
+        root = os.geteuid() == 0
+        runs_as = _NOBODY if variant.layer != "none" and variant.privileged else os.getuid()
+        drop = _DROP_ROOT if variant.layer == "bubblewrap" and variant.privileged else ""
+        runner_src = _RUNNER_HEAD + drop + (_GUARD if guard else "") + _RUNNER_MAIN
+        runner = [sys.executable, "-I", "-B", "-c", runner_src, _SOLUTION_NAME]
+        disk = max(1, max_file_mb) * 1024 * 1024
+        sizes = (disk, 2 * disk)  # /tmp, the sample's directory
+        if variant.layer == "bubblewrap":
+            os.chmod(tmp_root, 0o711)  # bwrap (as root) binds solution.py from here
+            os.chmod(work, 0o711)
+            os.chmod(solution, 0o444)
+            argv, cwd = _bwrap_argv(variant.tool, solution, sizes, variant.privileged, runner), tmp_root
+            env = {"PATH": _MINIMAL_PATH}
+        elif variant.layer == "unshare":
+            mount_dir = os.path.join(tmp_root, "root")
+            os.mkdir(mount_dir, 0o755)
+            flags = ["--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
+                     "--propagation", "private"]
+            if not root:
+                flags += ["--user", "--map-root-user"]
+            script = _unshare_script(mount_dir, solution, sizes, root, runner)
+            argv, cwd = [variant.tool, *flags, "--", "/bin/sh", "-c", script], tmp_root
+            env = {"PATH": _MINIMAL_PATH + ":/usr/sbin:/sbin"}
+        else:
+            argv, cwd = runner, work
+            env = {"PATH": _MINIMAL_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": work, "TMPDIR": work}
+
+        cpu_s = max(1, int(timeout_s) + 2)
+        nproc = max_procs if runs_as == 0 else _user_task_count(runs_as) + max_procs
+        memory = memory_mb * 1024 * 1024
+        # (soft, hard): SIGXCPU at the soft CPU limit, SIGKILL one second later.
+        limits: list[tuple[int, tuple[int, int]]] = [
+            (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
+            (resource.RLIMIT_AS, (memory, memory)),
+            (resource.RLIMIT_FSIZE, (disk, disk)),
+            (resource.RLIMIT_CORE, (0, 0)),
+            (resource.RLIMIT_NOFILE, (256, 256)),
+        ]
+        if hasattr(resource, "RLIMIT_NPROC"):
+            limits.append((resource.RLIMIT_NPROC, (nproc, nproc)))
+        limits = [(which, _clamp(which, *pair)) for which, pair in limits]
+
+        out_path = os.path.join(tmp_root, "stdout")
+        err_path = os.path.join(tmp_root, "stderr")
+        label = variant.layer if variant.layer != "none" else OPTED_IN
+        info_r, info_w = os.pipe() if variant.layer == "bubblewrap" else (-1, -1)
+        if info_w >= 0:
+            argv[1:1] = ["--info-fd", str(info_w)]
+        init = _NamespaceInit(None)
+        try:
+            with open(out_path, "wb") as out_fh, open(err_path, "wb") as err_fh:
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        cwd=cwd,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out_fh,
+                        stderr=err_fh,
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=(info_w,) if info_w >= 0 else (),
+                        preexec_fn=_make_preexec(limits),
+                    )
+                except (OSError, subprocess.SubprocessError) as exc:
+                    return SandboxResult(False, "error", "", f"dpad sandbox failed to start: {exc!r}",
+                                         time.monotonic() - start, isolation=label)
+                timed_out = False
+                try:
+                    if info_w >= 0:
+                        os.close(info_w)
+                        info_w = -1
+                        init = _NamespaceInit(_read_info(info_r, start + max(timeout_s, 10.0)))
+                    timed_out = not _wait_no_reap(proc.pid, start + timeout_s)
+                finally:
+                    if variant.layer != "none":
+                        if init.pid is None:  # unshare: its only child is the namespace's init
+                            init = _NamespaceInit(next(iter(_child_pids(proc.pid)), None))
+                        init.kill()  # after the program exited too: nothing it started may linger
+                        _wait_no_reap(proc.pid, time.monotonic() + 5.0)
+                    # Kill stragglers before reaping the leader, so the group id cannot be reused.
+                    _kill_group(proc.pid)
+                    try:
+                        _, wait_status, usage = os.wait4(proc.pid, 0)
+                        returncode = os.waitstatus_to_exitcode(wait_status)
+                        cpu_used = usage.ru_utime + usage.ru_stime
+                    except ChildProcessError:  # reaped elsewhere (e.g. SIGCHLD ignored)
+                        returncode, cpu_used = -signal.SIGKILL, 0.0
+                    proc.returncode = returncode
+                    if variant.layer == "none":
+                        _wait_group_gone(proc.pid, 2.0)
+                    if not init.wait_gone(5.0):  # the program's processes must be gone on return
+                        init.kill()
+                        init.wait_gone(5.0)
+        finally:
+            init.close()
+            for fd in (info_r, info_w):
+                if fd >= 0:
+                    os.close(fd)
+        if variant.layer != "none" and returncode > 128:  # the namespace init reports 128 + signal
+            returncode = 128 - returncode
+        duration = time.monotonic() - start
+        stdout = _read_capped(out_path, max_output_bytes)
+        stderr = _read_capped(err_path, max_output_bytes, tail=True)
+        err_tail = _read_capped(err_path, 4096, tail=True)
+        status: Status = "timeout" if timed_out else _classify(returncode, err_tail, cpu_used, cpu_s)
+        return SandboxResult(status == "passed", status, stdout, stderr, duration, returncode, label)
+    finally:
+        _remove_tree(tmp_root)
 
 
 # --------------------------------------------------------------------------- public API
@@ -430,96 +881,41 @@ def run_python(
     *,
     max_output_bytes: int = 1 << 16,
     guard: bool = True,
-    namespaces: bool = True,
+    isolation: str | None = None,
+    allow_unsandboxed: bool = False,
 ) -> SandboxResult:
-    """Execute ``code`` in a throw-away, resource-limited child process.
+    """Execute ``code`` in a throw-away, resource-limited OS sandbox (see the module docstring).
 
     Args:
-        code: Python source, run as ``__main__`` from ``solution.py``.
-        timeout_s: wall-clock limit enforced by the parent (the process group is
-            ``SIGKILL``\\ ed); ``RLIMIT_CPU`` is set slightly above it as a backstop.
+        code: Python source, run as ``__main__`` from ``solution.py`` in its own directory.
+        timeout_s: wall-clock limit enforced by the parent (the whole sandbox is killed);
+            ``RLIMIT_CPU`` is set slightly above it as a backstop.
         memory_mb: address-space limit (``RLIMIT_AS``).
-        max_procs: extra processes/threads the child may create (``RLIMIT_NPROC``
-            above the user's current count; ignored by the kernel for root, where
-            the guard and the PID namespace take over).
-        max_file_mb: largest file the child may write (``RLIMIT_FSIZE``); also
-            bounds the captured stdout/stderr files.
+        max_procs: extra processes/threads the program may create (``RLIMIT_NPROC``; the
+            kernel ignores it for root, which is why a root parent runs the program as nobody).
+        max_file_mb: largest file the program may write (``RLIMIT_FSIZE``, also bounding the
+            captured stdout/stderr); its private ``/tmp`` holds at most this much and its own
+            directory twice this much.
         max_output_bytes: how much of stdout (its start) and of stderr (its end) is returned.
-        guard: install the Python guard preamble (see the module docstring).
-            Only tests should turn it off.
-        namespaces: use ``unshare`` namespaces when available.
+        guard: install the Python guard preamble (defence in depth). Only tests turn it off.
+        isolation: force a layer (``"bubblewrap"``, ``"unshare"``, ``"none"``); default: the
+            best one that works here (or ``$DPAD_SANDBOX``).
+        allow_unsandboxed: run the code even when no OS isolation is used (``"none"``).
 
-    Never raises for anything the child does; sandbox start-up failures give
-    ``status="error"``.
+    Raises:
+        SandboxUnavailableError: no OS isolation here (or the requested layer does not
+            work) and ``allow_unsandboxed`` is false. Nothing the program does raises.
     """
-    start = time.monotonic()
-    tmp_root = tempfile.mkdtemp(prefix="dpad_sandbox_")
-    try:
-        work = os.path.join(tmp_root, "work")
-        os.mkdir(work, 0o700)
-        with open(os.path.join(work, _SOLUTION_NAME), "w", encoding="utf-8") as fh:
-            fh.write(code)
-
-        env = {"PATH": _MINIMAL_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": work, "TMPDIR": work}
-        prefix: tuple[str, ...] = _namespace_prefix()[1] if namespaces else ()
-        guard_src = _RUNNER_HEAD + (_GUARD if guard else "") + _RUNNER_MAIN
-        argv = [*prefix, sys.executable, "-I", "-c", guard_src, _SOLUTION_NAME]
-
-        cpu_s = max(1, int(timeout_s) + 2)
-        nproc = max_procs if os.geteuid() == 0 else _user_task_count(os.getuid()) + max_procs
-        memory = memory_mb * 1024 * 1024
-        file_size = max_file_mb * 1024 * 1024
-        # (soft, hard): SIGXCPU at the soft CPU limit, SIGKILL one second later.
-        limits: list[tuple[int, tuple[int, int]]] = [
-            (resource.RLIMIT_CPU, (cpu_s, cpu_s + 1)),
-            (resource.RLIMIT_AS, (memory, memory)),
-            (resource.RLIMIT_FSIZE, (file_size, file_size)),
-            (resource.RLIMIT_CORE, (0, 0)),
-        ]
-        if hasattr(resource, "RLIMIT_NPROC"):
-            limits.append((resource.RLIMIT_NPROC, (nproc, nproc)))
-        limits = [(which, _clamp(which, *pair)) for which, pair in limits]
-
-        out_path = os.path.join(tmp_root, "stdout")
-        err_path = os.path.join(tmp_root, "stderr")
-        with open(out_path, "wb") as out_fh, open(err_path, "wb") as err_fh:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=work,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out_fh,
-                    stderr=err_fh,
-                    start_new_session=True,
-                    close_fds=True,
-                    preexec_fn=_make_preexec(limits),
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                return SandboxResult(
-                    False, "error", "", f"dpad sandbox failed to start: {exc!r}", time.monotonic() - start
-                )
-            timed_out = False
-            try:
-                timed_out = not _wait_no_reap(proc.pid, start + timeout_s)
-            finally:
-                # Kill stragglers before reaping the leader, so the group id cannot be reused.
-                _kill_group(proc.pid)
-                try:
-                    _, wait_status, usage = os.wait4(proc.pid, 0)
-                    returncode = os.waitstatus_to_exitcode(wait_status)
-                    cpu_used = usage.ru_utime + usage.ru_stime
-                except ChildProcessError:  # reaped elsewhere (e.g. SIGCHLD ignored)
-                    returncode, cpu_used = -signal.SIGKILL, 0.0
-                proc.returncode = returncode
-        duration = time.monotonic() - start
-        stdout = _read_capped(out_path, max_output_bytes)
-        stderr = _read_capped(err_path, max_output_bytes, tail=True)
-        err_tail = _read_capped(err_path, 4096, tail=True)
-        status: Status = "timeout" if timed_out else _classify(returncode, err_tail, cpu_used, cpu_s)
-        return SandboxResult(status == "passed", status, stdout, stderr, duration, returncode)
-    finally:
-        _remove_tree(tmp_root)
+    if isolation is not None and isolation not in LAYERS:
+        raise ValueError(f"isolation={isolation!r} is invalid: use one of {', '.join(LAYERS)}")
+    layer = isolation or _best_layer()
+    variant = _working(layer)
+    if variant is None:
+        raise SandboxUnavailableError(_unavailable_message(layer))
+    if variant.layer == "none" and not allow_unsandboxed:
+        raise SandboxUnavailableError(_unavailable_message())
+    return _execute(code, variant, timeout_s=timeout_s, memory_mb=memory_mb, max_procs=max_procs,
+                    max_file_mb=max_file_mb, max_output_bytes=max_output_bytes, guard=guard)
 
 
 def humaneval_program(problem_prompt: str, completion: str, test_code: str, entry_point: str) -> str:
@@ -533,15 +929,15 @@ def check_program(
     test_code: str,
     entry_point: str,
     timeout_s: float = 10.0,
-    **limits: int,
+    **limits: object,
 ) -> SandboxResult:
     """Run a HumanEval sample: ``completion`` is appended verbatim to ``problem_prompt``.
 
     Post-process raw generations with :func:`dpad.scoring.humaneval_postprocess`
-    first. ``limits`` are forwarded to :func:`run_python`.
+    first. ``limits`` (and ``isolation``/``allow_unsandboxed``) are forwarded to :func:`run_python`.
     """
     program = humaneval_program(problem_prompt, completion, test_code, entry_point)
-    return run_python(program, timeout_s=timeout_s, **limits)
+    return run_python(program, timeout_s=timeout_s, **limits)  # type: ignore[arg-type]
 
 
 def mbpp_program(code: str, test_list: Sequence[str], test_setup_code: str = "") -> str:
@@ -555,7 +951,8 @@ def check_mbpp(
     test_list: Sequence[str],
     test_setup_code: str = "",
     timeout_s: float = 10.0,
-    **limits: int,
+    **limits: object,
 ) -> SandboxResult:
     """Run an MBPP sample: passes when every ``assert`` line of ``test_list`` holds."""
-    return run_python(mbpp_program(code, test_list, test_setup_code), timeout_s=timeout_s, **limits)
+    return run_python(mbpp_program(code, test_list, test_setup_code), timeout_s=timeout_s,
+                      **limits)  # type: ignore[arg-type]

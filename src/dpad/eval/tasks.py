@@ -58,10 +58,11 @@ class Task:
     primary: ClassVar[str] = "accuracy"
     stop: ClassVar[tuple[str, ...]] = ()
     default_fewshot: ClassVar[int] = 0
+    executes_code: ClassVar[bool] = False  # scoring runs model-written code (in the sandbox)
 
     def __init__(self, *, data: str | os.PathLike[str] | None = None,
                  train_data: str | os.PathLike[str] | None = None, num_fewshot: int | None = None,
-                 chat: bool | None = None, seed: int = 1234) -> None:
+                 chat: bool | None = None, seed: int = 1234, allow_unsandboxed: bool = False) -> None:
         if num_fewshot is not None and num_fewshot < 0:
             raise ConfigError(f"num_fewshot={num_fewshot} is invalid: must be >= 0")
         self.data = os.fspath(data) if data is not None else None
@@ -69,6 +70,8 @@ class Task:
         self.num_fewshot = num_fewshot
         self.chat = chat  # None: the tokenizer's chat template when it has one
         self.seed = seed
+        # run generated code even where no OS sandbox exists (dpad eval --allow-unsandboxed)
+        self.allow_unsandboxed = allow_unsandboxed
         self._shots: list[dict[str, Any]] | None = None
 
     # ----------------------------------------------------------------- interface
@@ -247,6 +250,7 @@ class HumanEvalTask(Task):
     primary = "pass@1"
     stop = met.HUMANEVAL_STOP_STRINGS
     timeout_s = 10.0
+    executes_code = True
 
     def _load(self, limit: int | None) -> list[Sample]:
         try:
@@ -270,7 +274,8 @@ class HumanEvalTask(Task):
 
         completion = self.postprocess(sample, output)
         p = sample.doc
-        res = check_program(p["prompt"], completion, p["test"], p["entry_point"], timeout_s=self.timeout_s)
+        res = check_program(p["prompt"], completion, p["test"], p["entry_point"], timeout_s=self.timeout_s,
+                            allow_unsandboxed=self.allow_unsandboxed)
         return {"pass@1": res.passed, "correct": res.passed, "extracted": completion, "status": res.status,
                 "error": res.stderr[-500:] if not res.passed else ""}
 
@@ -286,6 +291,7 @@ class MBPPTask(Task):
     primary = "pass@1"
     stop = met.MBPP_STOP_STRINGS
     timeout_s = 10.0
+    executes_code = True
 
     def _load(self, limit: int | None) -> list[Sample]:
         if self.data is None:
@@ -320,7 +326,8 @@ class MBPPTask(Task):
 
         code = self.postprocess(sample, output)
         p = sample.doc
-        res = check_mbpp(code, p["test_list"], p.get("test_setup_code", ""), timeout_s=self.timeout_s)
+        res = check_mbpp(code, p["test_list"], p.get("test_setup_code", ""), timeout_s=self.timeout_s,
+                         allow_unsandboxed=self.allow_unsandboxed)
         return {"pass@1": res.passed, "correct": res.passed, "extracted": code, "status": res.status,
                 "error": res.stderr[-500:] if not res.passed else ""}
 
@@ -333,7 +340,7 @@ TASKS: dict[str, type[Task]] = {t.name: t for t in (ArithTask, GSM8KTask, MathTa
 
 def get_task(name: str, **options: Any) -> Task:
     """A task by name (``arith``, ``gsm8k``, ``math``, ``humaneval``, ``mbpp``) with its options
-    (``data``, ``train_data``, ``num_fewshot``, ``chat``, ``seed``)."""
+    (``data``, ``train_data``, ``num_fewshot``, ``chat``, ``seed``, ``allow_unsandboxed``)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name](**options)
