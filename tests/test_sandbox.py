@@ -123,7 +123,7 @@ def test_forked_children_never_outlive_the_run(isolation):
         print("forked")
         """
     )
-    res = run_python(code, timeout_s=5.0, guard=False, isolation=isolation)
+    res = run_python(code, timeout_s=5.0, guard=False, isolation=isolation, max_procs=8)
     assert res.status == "passed" and res.stdout.strip() == "forked", res.stderr
     alive = []
     for entry in os.listdir("/proc"):

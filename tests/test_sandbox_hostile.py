@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,7 +39,7 @@ BYPASS = (HERE / "hostile" / "_bypass.py").read_text()
 REPO = HERE.parent
 
 TIMEOUT_S = 2.0
-LIMITS = {"timeout_s": TIMEOUT_S, "memory_mb": 320, "max_procs": 32, "max_file_mb": 8, "max_output_bytes": 1 << 16}
+LIMITS = {"timeout_s": TIMEOUT_S, "memory_mb": 320, "max_procs": 4, "max_file_mb": 8, "max_output_bytes": 1 << 16}
 
 AVAILABLE = available_isolation()
 NO_BWRAP = "bubblewrap (bwrap) is not installed or does not work here: apt-get install bubblewrap"
@@ -213,6 +214,9 @@ def test_hostile_program_is_contained(world, program: Path, layer: str, guard: b
     assert res.duration_s < TIMEOUT_S + 4.0
     assert len(res.stdout) <= LIMITS["max_output_bytes"] + 100
     assert len(res.stderr) <= LIMITS["max_output_bytes"] + 100
+    spawned = re.search(r"^children (\d+)$", res.stdout, re.M)  # 27: RLIMIT_NPROC held
+    if spawned:
+        assert int(spawned.group(1)) <= LIMITS["max_procs"], res.stdout
     expect = _expectation(program)
     if expect == "timeout":
         assert res.status == "timeout", res

@@ -310,7 +310,7 @@ def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool
     from ..api import generate, load
     from ..eval.env import collect_env, command_line
     from ..eval.methods import model_family, resolve_config
-    from ..eval.runner import dump_json, evaluate, model_generate_fn
+    from ..eval.runner import dump_json, evaluate, model_generate_fn, sandbox_used
     from ..eval.tasks import get_task
     from ..models import read_config
     from .plot import plot_ladder
@@ -335,6 +335,7 @@ def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool
     task = get_task(settings.task, **settings.task_options)
     n_problems = max(settings.n, settings.accuracy_n)
     samples = task.samples(n_problems)
+    sandbox = sandbox_used(task)  # code tasks: refuse before the model loads when no OS sandbox exists
     if len(samples) < n_problems:
         log(f"[bench] only {len(samples)} problems available (asked for {n_problems})")
 
@@ -367,6 +368,7 @@ def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool
     def save(complete: bool = False, draw: bool = False) -> dict[str, Any]:
         result = build_result(settings, records, env=env, command=cmd,
                               configs={k: v.to_dict() for k, v in configs.items()}, complete=complete)
+        result["sandbox"] = sandbox
         result["files"] = {k: str(v) for k, v in paths.items()}
         dump_json(paths["json"], result)
         paths["md"].write_text(markdown(result))

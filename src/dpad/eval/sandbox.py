@@ -786,7 +786,8 @@ def _execute(code: str, variant: _Variant, *, timeout_s: float, memory_mb: int, 
             env = {"PATH": _MINIMAL_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": work, "TMPDIR": work}
 
         cpu_s = max(1, int(timeout_s) + 2)
-        nproc = max_procs if runs_as == 0 else _user_task_count(runs_as) + max_procs
+        # +1: the program's own main thread counts too
+        nproc = max_procs if runs_as == 0 else _user_task_count(runs_as) + max_procs + 1
         memory = memory_mb * 1024 * 1024
         # (soft, hard): SIGXCPU at the soft CPU limit, SIGKILL one second later.
         limits: list[tuple[int, tuple[int, int]]] = [
@@ -876,7 +877,7 @@ def run_python(
     code: str,
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
-    max_procs: int = 64,
+    max_procs: int = 4,
     max_file_mb: int = 16,
     *,
     max_output_bytes: int = 1 << 16,
@@ -893,6 +894,8 @@ def run_python(
         memory_mb: address-space limit (``RLIMIT_AS``).
         max_procs: extra processes/threads the program may create (``RLIMIT_NPROC``; the
             kernel ignores it for root, which is why a root parent runs the program as nobody).
+            ``memory_mb`` applies per process, so about ``memory_mb * (1 + max_procs)`` bounds
+            the whole sample.
         max_file_mb: largest file the program may write (``RLIMIT_FSIZE``, also bounding the
             captured stdout/stderr); its private ``/tmp`` holds at most this much and its own
             directory twice this much.
