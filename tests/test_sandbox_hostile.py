@@ -209,7 +209,10 @@ def test_hostile_program_is_contained(world, program: Path, layer: str, guard: b
     # the secret stays unreadable
     assert secret not in res.stdout and secret not in res.stderr
     # ("WROTE" lines are fine: the sandbox's own /tmp and directory are writable, the host's are checked above)
-    assert "CONNECTED" not in res.stdout, res.stdout[-2000:]
+    assert "CONNECTED" not in res.stdout and "PRIVILEGED" not in res.stdout, res.stdout[-2000:]
+    for field in ("CapEff", "CapPrm"):  # 28: the program holds no capabilities
+        caps = re.search(rf"^{field}:\s*([0-9a-f]+)$", res.stdout, re.M)
+        assert caps is None or int(caps.group(1), 16) == 0, res.stdout[:2000]
     # limits
     assert res.duration_s < TIMEOUT_S + 4.0
     assert len(res.stdout) <= LIMITS["max_output_bytes"] + 100

@@ -327,7 +327,7 @@ def _bwrap_argv(tool: str, host_solution: str, sizes: tuple[int, int], privilege
         argv += ["--setenv", key, value]
     if privileged:  # real root: no user namespace; the runner drops to nobody
         argv += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                 "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+                 "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         argv += ["--unshare-all", "--unshare-user"]
     made: set[str] = set()
@@ -425,6 +425,10 @@ def _candidates(layer: str) -> list[_Variant]:
 
 _PROBE = r"""
 import os, socket, sys
+with open("/proc/self/status") as fh:
+    caps = {k: v.strip() for k, _, v in (line.partition(":") for line in fh) if k in ("CapEff", "CapPrm")}
+if any(int(v, 16) for v in caps.values()):
+    sys.exit("dpad sandbox probe: the program would keep capabilities %s" % caps)
 pids = [p for p in os.listdir("/proc") if p.isdigit()]
 if len(pids) > 4:
     sys.exit("dpad sandbox probe: host processes visible: %d" % len(pids))
