@@ -24,9 +24,9 @@ MASK_ID = 250
 EOS_ID = 251
 
 
-def load_cases() -> list[dict]:
-    """The 53 reference generation cases (also used at collection time for parametrisation)."""
-    return json.loads((GOLDEN_DIR / "cases.json").read_text())
+def load_cases(name: str = "cases.json") -> list[dict]:
+    """Reference generation cases (default: the 53 golden ones; also used at collection time)."""
+    return json.loads((GOLDEN_DIR / name).read_text())
 
 
 @pytest.fixture(scope="session")

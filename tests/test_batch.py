@@ -34,6 +34,9 @@ DREAM_CASES = {
     "vanilla": {},
     "threshold": dict(threshold=0.9),
     "dpad+et": dict(early_termination=True, **DPAD),
+    "origin-sampled": dict(confidence="origin", schedule="dream", temperature=0.7, top_p=0.9, steps=32),
+    "entropy-alg_temp": dict(confidence="entropy", schedule="dream", temperature=0.5, top_k=40, alg_temp=0.3,
+                             steps=32, cache="dual"),
     "dpad-dream-prefix": dict(threshold=0.9, cache="prefix", compat="dpad-dream", confidence="maskgit_plus",
                               schedule="dream", early_termination=True, **DPAD),
 }

@@ -9,6 +9,11 @@ Each reference function maps onto one :class:`DecodeConfig`:
   block's first token and the reference does not count it: we count it, so its NFE is +1 per block).
 
 Random-window DPad cases (scale 2.0) replay the recorded kept sets with ``suffix.Explicit``.
+
+``cases_extra.json`` adds original-Dream cases with steps = gen/2 and gen/3 for every Dream
+confidence rule, greedy and sampled (temperature, top-p/top-k, ``alg_temp``): the reference's own
+random draws (``torch.manual_seed`` + ``Categorical``/``multinomial``/``rand``) are reproduced by the
+row's seeded generator.
 """
 
 from __future__ import annotations
@@ -21,8 +26,14 @@ from dpad.engine import decode
 from dpad.engine.suffix import Explicit, GaussianDecay
 
 CASES = load_cases()
+EXTRA = load_cases("cases_extra.json")
 RANDOM_DPAD = [c for c in CASES if "kept_suffix_per_block" in c and c["args"].get("scale") == 2.0]
 RANDOM_IDS = {c["id"] for c in RANDOM_DPAD}
+
+# Dream's diffusion_generate builds its settings with GenerationConfig.from_model_config(model.config),
+# so an argument the call did not pass takes transformers' legacy defaults (docs/quirks.md); e.g.
+# public-31 passes no top_p/top_k and so ran with top-k 50.
+DREAM_CALL_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "alg_temp": None}
 
 
 def to_config(case: dict) -> DecodeConfig:
@@ -30,6 +41,9 @@ def to_config(case: dict) -> DecodeConfig:
     gen = a.get("gen_length", a.get("max_new_tokens"))
     kw: dict = dict(gen_length=gen, block_length=a.get("block_length", gen), steps=a["steps"],
                     seed=case["torch_seed"])
+    if fn.startswith("dream"):  # both Dream samplers: Dream's sample_tokens knobs
+        d = {**DREAM_CALL_DEFAULTS, **a}
+        kw.update(temperature=d["temperature"], top_p=d["top_p"], top_k=d["top_k"], alg_temp=d["alg_temp"] or 0.0)
     if fn.startswith("dream."):
         kw.update(confidence=a["alg"], schedule="dream", eps=a["eps"], block_length=gen)
     elif fn.startswith("dpad_dream."):
@@ -58,7 +72,9 @@ def eos_of(case: dict) -> int:
 
 
 def expected_nfe(case: dict, cfg: DecodeConfig, blocks_decoded: int) -> int | None:
-    nfe = case["nfe"]
+    # the original Dream sampler runs all its steps even once the canvas is complete (origin can
+    # reveal everything early); the loop stops at the forward that completes it
+    nfe = case.get("nfe_until_complete", case["nfe"])
     if nfe is not None and cfg.compat == "dpad-dream" and cfg.cache != "none":
         nfe += blocks_decoded  # the refresh forward the reference does not count
     return nfe
@@ -116,5 +132,25 @@ def test_random_dpad_case_without_replay(case: dict, tiny_models: dict) -> None:
     """So the default config path (seed 1234, no injected kept sets) reproduces the reference too."""
     cfg = to_config(case)
     out = decode(tiny_models[case["model"]].model, case["prompt_ids"], cfg, mask_id=MASK_ID, eos_id=eos_of(case))
+    assert out.ids == case["output_ids"]
+    assert out.nfe == expected_nfe(case, cfg, out.blocks_decoded)
+
+
+def test_extra_inventory() -> None:
+    rules = {c["args"]["alg"] for c in EXTRA}
+    assert rules == {"origin", "maskgit_plus", "topk_margin", "entropy"}
+    for rule in rules:
+        ratios = {c["args"]["max_new_tokens"] // c["args"]["steps"] for c in EXTRA if c["args"]["alg"] == rule}
+        assert ratios == {2, 3}
+        assert any(c["args"]["temperature"] > 0 for c in EXTRA if c["args"]["alg"] == rule)
+        if rule != "origin":
+            assert any(c["args"]["alg_temp"] > 0 for c in EXTRA if c["args"]["alg"] == rule)
+
+
+@pytest.mark.parametrize("case", EXTRA, ids=[c["id"] for c in EXTRA])
+def test_extra_dream_case(case: dict, tiny_models: dict) -> None:
+    cfg = to_config(case)
+    out = decode(tiny_models[case["model"]].model, case["prompt_ids"], cfg, mask_id=MASK_ID, eos_id=eos_of(case))
+    assert out.generated == case["generated_ids"]
     assert out.ids == case["output_ids"]
     assert out.nfe == expected_nfe(case, cfg, out.blocks_decoded)

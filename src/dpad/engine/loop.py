@@ -218,7 +218,8 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
         cached_steps = dict.fromkeys(alive, 0)
         notified: set[int] = set()
         for r in alive:
-            unmaskers[r].start_block(int((canvas[r, bs:be] == mask_id).sum()))
+            unmaskers[r].start_block(int((canvas[r, bs:be] == mask_id).sum()),
+                                     (lens[r] + b * BL, G - (b + 1) * BL))
 
         if cache.refreshes:
             logits = cache.refresh(runner, view)

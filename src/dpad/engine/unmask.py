@@ -2,8 +2,11 @@
 
 Two separable questions, answered in float64 on the block's logits only:
 
-1. *Proposal* — a token and a confidence per position. Temperature 0 is argmax; temperature > 0 is
-   Gumbel-max in float64 (``exp(l) / (-log u) ** T``); ``top_k``/``top_p`` filter first.
+1. *Proposal* — a token and a confidence per position. Temperature 0 is argmax. Temperature > 0
+   follows the model family's reference sampler: LLaDA draws Gumbel-max in float64
+   (``exp(l) / (-log u) ** T``; confidences from the untempered softmax), Dream divides the logits
+   by T, filters top-p then top-k and draws from the tempered softmax of the masked positions
+   (:class:`DreamProposer`, the same draws as Dream's ``diffusion_generate`` for the same seed).
    Confidence: ``low_confidence``/``maskgit_plus`` (probability of the proposed token),
    ``topk_margin`` (top-1 minus top-2 probability), ``entropy`` (negative entropy),
    ``random`` (uniform), ``origin`` (Dream: each mask revealed with probability 1 - s/t).
@@ -11,6 +14,10 @@ Two separable questions, answered in float64 on the block's logits only:
    confidence >= tau), ``Factor`` (accept the n-th while c_n >= 1 - f/(n+1)), or a fixed
    schedule: ``llada`` (the block's masks spread evenly over its steps, remainder first) or
    ``dream`` (linear timesteps 1 -> eps: int(m * (1 - s/t)) at each step, all at the last).
+
+Confidences are ranked (``torch.topk``, or ``torch.multinomial`` with ``alg_temp``) laid out on
+the row's whole canvas, ``-inf`` outside the block's masks, as the reference samplers lay them
+out: equal confidences and the ``alg_temp`` draws then resolve exactly as there.
 """
 
 from __future__ import annotations
@@ -46,8 +53,8 @@ class Proposer:
             logits = logits.masked_fill(drop, NEG_INF)
         return logits
 
-    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits [..., n, V] -> (tokens [..., n], confidence [..., n]) in float64."""
+    def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [n, V], masked [n] -> (tokens [n], confidence [n]) in float64."""
         logits = self._filter(logits.to(torch.float64))
         if self.temperature > 0:
             u = torch.rand(logits.shape, generator=self.gen, dtype=torch.float64).to(logits.device)
@@ -56,17 +63,65 @@ class Proposer:
             x0 = torch.argmax(logits, dim=-1)
         p = torch.softmax(logits, dim=-1)
         c = self.confidence
-        if c in ("low_confidence", "maskgit_plus"):
+        if c in ("low_confidence", "maskgit_plus", "origin"):  # origin: the Origin rule picks at random
             conf = torch.gather(p, -1, x0[..., None])[..., 0]
         elif c == "topk_margin":
             top2 = torch.topk(p, 2, dim=-1).values
             conf = top2[..., 0] - top2[..., 1]
         elif c == "entropy":
             conf = (p * torch.log(p + 1e-10)).sum(-1)
-        elif c in ("random", "origin"):
+        elif c == "random":
             conf = torch.rand(x0.shape, generator=self.gen, dtype=torch.float64).to(logits.device)
         else:  # pragma: no cover - validated by DecodeConfig
             raise ValueError(c)
+        return x0, conf
+
+
+class DreamProposer(Proposer):
+    """Dream's ``sample_tokens`` on the masked positions only: logits / T, top-p, then top-k;
+    x0 drawn from the tempered softmax (``torch.multinomial`` on the renormalised probabilities,
+    which is what ``Categorical.sample`` runs) or its argmax at T = 0; the confidence is computed
+    on that tempered distribution. Unmasked positions get confidence -inf."""
+
+    def _filter(self, logits: torch.Tensor) -> torch.Tensor:
+        low = torch.finfo(logits.dtype).min
+        if self.top_p is not None and self.top_p < 1:
+            sorted_l, order = torch.sort(logits, descending=True)
+            drop_sorted = torch.cumsum(torch.softmax(sorted_l, dim=-1), dim=-1) > self.top_p
+            drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+            drop_sorted[..., 0] = False
+            drop = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, low)
+        if self.top_k is not None:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]))[0][..., -1, None]
+            logits = logits.masked_fill(logits < kth, low)
+        return logits
+
+    def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [m, V] of the positions to decide -> (tokens [m], confidence [m])."""
+        logits = logits.to(torch.float64)
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        probs = torch.softmax(self._filter(logits), dim=-1)
+        if self.temperature > 0 and len(probs):
+            norm = probs / probs.sum(-1, keepdim=True)
+            x0 = torch.multinomial(norm.cpu(), 1, True, generator=self.gen)[:, 0].to(probs.device)
+            conf = torch.gather(probs, -1, x0[:, None])[:, 0]
+        else:
+            conf, x0 = probs.max(dim=-1)
+        if self.confidence == "topk_margin":
+            top2 = torch.sort(probs, dim=-1, descending=True).values
+            conf = top2[:, 0] - top2[:, 1]
+        elif self.confidence == "entropy":
+            conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+        elif self.confidence == "random":
+            conf = torch.rand(x0.shape, generator=self.gen, dtype=torch.float64).to(probs.device)
+        return x0, conf
+
+    def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = torch.zeros(masked.shape, dtype=torch.long, device=logits.device)
+        conf = torch.full(masked.shape, NEG_INF, dtype=torch.float64, device=logits.device)
+        x0[masked], conf[masked] = self.sample(logits[masked])
         return x0, conf
 
 
@@ -79,6 +134,18 @@ class CountRule:
     def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
         """conf, masked: [n] -> bool [n] of positions to commit (a subset of ``masked``)."""
         raise NotImplementedError
+
+    def choose(self, proposer: Proposer, logits: torch.Tensor, masked: torch.Tensor, step: int,
+               layout: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Propose, then select on the confidences laid out on the canvas (``layout``: positions
+        before and after the block) -> (commit mask [n], tokens [n])."""
+        x0, conf = proposer(logits, masked)
+        before, after = layout
+        n = len(masked)
+        if before or after:
+            conf = torch.cat([conf.new_full((before,), NEG_INF), conf, conf.new_full((after,), NEG_INF)])
+            masked = torch.cat([masked.new_zeros(before), masked, masked.new_zeros(after)])
+        return self.select(conf, masked, step)[before:before + n], x0
 
 
 class RankedRule(CountRule):
@@ -163,20 +230,37 @@ class TopK(CountRule):
 
 
 class Origin(TopK):
-    """Dream ``origin``: each masked position is revealed with probability 1 - s/t."""
+    """Dream ``origin``: each masked position is revealed with probability 1 - s/t (``torch.rand``
+    in float32 over the masked positions, as the reference draws it, at every step), and only the
+    revealed positions get a token proposal (and its draw, at temperature > 0)."""
 
-    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+    def choose(self, proposer: Proposer, logits: torch.Tensor, masked: torch.Tensor, step: int,
+               layout: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = torch.zeros(masked.shape, dtype=torch.long, device=logits.device)
+        out = torch.zeros_like(masked)
+        idx = masked.nonzero()[:, 0]
+        u = torch.rand(len(idx), generator=self.gen, dtype=torch.float32).to(logits.device)
         if step >= self.spb - 1:
-            return masked.clone()
-        t, s = float(self.timesteps[step]), float(self.timesteps[step + 1])
-        return masked & (conf < 1 - s / t)
+            reveal = u < 1
+        else:
+            t, s = self.timesteps[step], self.timesteps[step + 1]
+            reveal = u < (1 - s / t).to(logits.device)
+        idx = idx[reveal]
+        if len(idx):
+            sample = proposer.sample if isinstance(proposer, DreamProposer) else (
+                lambda lg: proposer(lg, torch.ones(len(lg), dtype=torch.bool, device=lg.device)))
+            x0[idx] = sample(logits[idx])[0]
+            out[idx] = True
+        return out, x0
 
 
 class Unmasker:
     """Proposal + count rule, bound to one decode run."""
 
     def __init__(self, cfg, family: str, gen: torch.Generator) -> None:  # noqa: ANN001
-        self.proposer = Proposer(cfg.confidence, cfg.temperature, cfg.top_p, cfg.top_k, gen)
+        proposer = DreamProposer if family == "dream" else Proposer
+        self.proposer = proposer(cfg.confidence, cfg.temperature, cfg.top_p, cfg.top_k, gen)
+        self.layout = (0, 0)
         kind = cfg.schedule if cfg.schedule != "auto" else ("dream" if family == "dream" else "llada")
         if cfg.threshold is not None:
             self.rule: CountRule = Threshold(cfg.threshold)
@@ -187,10 +271,12 @@ class Unmasker:
         else:
             self.rule = TopK(kind, cfg.steps_per_block, cfg.eps, cfg.alg_temp, gen)
 
-    def start_block(self, n_masks: int) -> None:
+    def start_block(self, n_masks: int, layout: tuple[int, int] = (0, 0)) -> None:
+        """A new block with ``n_masks`` masks; ``layout``: the row's canvas positions before and
+        after the block (its own coordinates, padding excluded)."""
+        self.layout = layout
         self.rule.start_block(n_masks)
 
     def select(self, logits: torch.Tensor, masked: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [n, V], masked [n] -> (commit mask [n], tokens [n])."""
-        x0, conf = self.proposer(logits)
-        return self.rule.select(conf, masked, step), x0
+        return self.rule.choose(self.proposer, logits, masked, step, self.layout)
