@@ -76,18 +76,39 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """Half-split ("rotate_half") rotary embedding evaluated at arbitrary positions."""
+    """Half-split ("rotate_half") rotary embedding evaluated at arbitrary positions.
 
-    def __init__(self, head_dim: int, theta: float, full_precision: bool) -> None:
+    With ``max_len`` the float32 cos/sin tables of positions ``0..max_len-1`` are computed once (as
+    the reference computes them: position * inv_freq, then cos/sin) and a forward gathers the rows
+    of its positions; positions beyond the table are an error.
+    """
+
+    def __init__(self, head_dim: int, theta: float, full_precision: bool, max_len: int = 0) -> None:
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.full_precision = full_precision
+        self.max_len = max_len
+        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _angles(self, positions: torch.Tensor) -> torch.Tensor:
+        angle = positions.to(torch.float32)[..., None] * self.inv_freq.float()
+        return torch.cat((angle, angle), dim=-1)
+
+    def table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[max_len, head_dim]`` (float32), built on first use on the buffers' device."""
+        t = self._table
+        if t is None or t[0].device != self.inv_freq.device:
+            emb = self._angles(torch.arange(self.max_len, device=self.inv_freq.device))
+            t = self._table = (emb.cos(), emb.sin())
+        return t
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 cos/sin of shape [B, 1, T, head_dim] for integer positions [B, T]."""
-        angle = positions.to(torch.float32)[..., None] * self.inv_freq.float()
-        emb = torch.cat((angle, angle), dim=-1)[:, None]
+        if self.max_len:
+            cos, sin = self.table()
+            return F.embedding(positions, cos)[:, None], F.embedding(positions, sin)[:, None]
+        emb = self._angles(positions)[:, None]
         return emb.cos(), emb.sin()
 
     def apply(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -125,6 +146,28 @@ class KVCache:
         self.v = [t[rows] for t in self.v]
 
 
+def _fuse_linears(*mods: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the weights (and biases) of linears that read the same input along the output
+    dim, and make each module's parameters views of the fused tensors (one storage, no copy)."""
+    w = torch.cat([m.weight.detach() for m in mods], dim=0)
+    has_bias = mods[0].bias is not None
+    b = torch.cat([m.bias.detach() for m in mods], dim=0) if has_bias else None
+    o = 0
+    for m in mods:
+        n = m.weight.shape[0]
+        rg = m.weight.requires_grad
+        m.weight = nn.Parameter(w[o:o + n], requires_grad=rg)
+        if has_bias:
+            m.bias = nn.Parameter(b[o:o + n], requires_grad=rg)
+        o += n
+    return w, b
+
+
+def _use_fused(fused: torch.Tensor | None, weight: torch.Tensor) -> bool:
+    """The fused matmul serves forwards that need no gradient of the separate weights."""
+    return fused is not None and not (weight.requires_grad and torch.is_grad_enabled())
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -137,6 +180,12 @@ class Attention(nn.Module):
         if args.qk_norm:
             self.q_norm = RMSNorm(hd, args.norm_eps)
             self.k_norm = RMSNorm(hd, args.norm_eps)
+        self.register_buffer("wqkv", None, persistent=False)  # set by fuse()
+        self.register_buffer("bqkv", None, persistent=False)
+
+    def fuse(self) -> None:
+        """One q/k/v matmul per forward (see :meth:`Transformer.fuse_projections`)."""
+        self.wqkv, self.bqkv = _fuse_linears(self.q_proj, self.k_proj, self.v_proj)
 
     def query(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Query heads ``[B, H, T, hd]`` as the forward attends with (per-head norm if any, then RoPE)."""
@@ -152,13 +201,45 @@ class Attention(nn.Module):
             k = self.k_norm(k)
         return rotary.apply(k.transpose(1, 2), cos, sin)
 
+    def _project(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor,
+                 rows: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q of the query rows ``[B, H, Tq, hd]``, k and v of every row ``[B, H_kv, T, hd]``, exactly
+        as :meth:`query` / :meth:`key` compute them (per-head norm if any, then RoPE)."""
+        B, T, _ = x.shape
+        H, Hk, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if not _use_fused(self.wqkv, self.q_proj.weight):
+            xq, cq, sq = (x, cos, sin) if rows is None else (
+                x[:, rows[0]:rows[1]], cos[:, :, rows[0]:rows[1]], sin[:, :, rows[0]:rows[1]])
+            v = self.v_proj(x).view(B, T, Hk, hd).transpose(1, 2)
+            return self.query(xq, rotary, cq, sq), self.key(x, rotary, cos, sin), v
+        w, b = self.wqkv, self.bqkv
+        norm = hasattr(self, "q_norm")
+        if rows is None:
+            qkv = F.linear(x, w, b).view(B, T, H + 2 * Hk, hd)
+            v = qkv[:, :, H + Hk:].transpose(1, 2)
+            if not norm:  # q and k rotated together
+                qk = rotary.apply(qkv[:, :, :H + Hk].transpose(1, 2), cos, sin)
+                return qk[:, :H], qk[:, H:], v
+            q, k = qkv[:, :, :H], qkv[:, :, H:H + Hk]
+            cq, sq = cos, sin
+        else:
+            nq = H * hd
+            xq = x[:, rows[0]:rows[1]]
+            q = F.linear(xq, w[:nq], None if b is None else b[:nq]).view(B, xq.shape[1], H, hd)
+            kv = F.linear(x, w[nq:], None if b is None else b[nq:]).view(B, T, 2 * Hk, hd)
+            k, v = kv[:, :, :Hk], kv[:, :, Hk:].transpose(1, 2)
+            cq, sq = cos[:, :, rows[0]:rows[1]], sin[:, :, rows[0]:rows[1]]
+        if norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return rotary.apply(q.transpose(1, 2), cq, sq), rotary.apply(k.transpose(1, 2), cos, sin), v
+
     def forward(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor,
                 layer: int, cache: KVCache | None, cache_start: int,
-                key_mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.query(x, rotary, cos, sin)
-        k = self.key(x, rotary, cos, sin)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+                key_mask: torch.Tensor | None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The attention output of rows ``rows`` (default: every row) of ``x``; the keys and values
+        come from every row (and the cache)."""
+        B = x.shape[0]
+        q, k, v = self._project(x, rotary, cos, sin, rows)
         if cache is not None:
             k, v = cache.update(layer, cache_start, k, v)
         if self.n_kv_heads != self.n_heads:
@@ -167,7 +248,7 @@ class Attention(nn.Module):
             v = v.repeat_interleave(rep, dim=1)
         mask = None if key_mask is None else key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(B, q.shape[2], -1))
 
 
 class MLP(nn.Module):
@@ -176,8 +257,16 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.up_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.register_buffer("w_gate_up", None, persistent=False)  # set by fuse()
+
+    def fuse(self) -> None:
+        """One gate/up matmul per forward (see :meth:`Transformer.fuse_projections`)."""
+        self.w_gate_up, _ = _fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_fused(self.w_gate_up, self.gate_proj.weight):
+            gate, up = F.linear(x, self.w_gate_up).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -194,8 +283,10 @@ class Block(nn.Module):
         else:
             self.mlp = MLP(args)
 
-    def forward(self, x, rotary, cos, sin, layer, cache, cache_start, key_mask):  # noqa: ANN001
-        x = x + self.attn(self.attn_norm(x), rotary, cos, sin, layer, cache, cache_start, key_mask)
+    def forward(self, x, rotary, cos, sin, layer, cache, cache_start, key_mask, rows=None):  # noqa: ANN001
+        """``rows``: the output of these rows only (keys and values still come from every row)."""
+        h = self.attn(self.attn_norm(x), rotary, cos, sin, layer, cache, cache_start, key_mask, rows)
+        x = (x if rows is None else x[:, rows[0]:rows[1]]) + h
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -209,7 +300,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.head = nn.Linear(args.dim, args.vocab_size, bias=False)
-        self.rotary = Rotary(args.head_dim, args.rope_theta, args.rope_full_precision)
+        self.rotary = Rotary(args.head_dim, args.rope_theta, args.rope_full_precision, args.max_seq_len)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -245,14 +336,26 @@ class Transformer(nn.Module):
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         cos, sin = self.rotary.cos_sin(positions)
         x = self.embed(input_ids)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, self.rotary, cos, sin, i, cache, cache_start, key_mask)
-        if logits_range is not None:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):  # the last layer computes only the logits rows
+            x = layer(x, self.rotary, cos, sin, i, cache, cache_start, key_mask,
+                      logits_range if i == last else None)
+        if logits_range is not None and last < 0:
             x = x[:, logits_range[0]:logits_range[1]]
         x = self.norm(x)
         if return_hidden:
             return x
         return self.head(x)
+
+    def fuse_projections(self) -> Transformer:
+        """Inference layout: one q/k/v matmul and one gate/up matmul per layer (and expert). The
+        fused weights share storage with the ``q_proj``/``k_proj``/``v_proj``/``gate_proj``/``up_proj``
+        parameters, so checkpoint names and ``state_dict`` are unchanged and in-place weight updates
+        show through; a forward that needs gradients of those weights uses the separate matmuls."""
+        for m in self.modules():
+            if isinstance(m, (Attention, MLP)):
+                m.fuse()
+        return self
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

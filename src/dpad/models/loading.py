@@ -285,8 +285,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
                 f"tensor {k!r} in {str(p)!r} has shape {tuple(state[k].shape)}, config implies {tuple(shape)}")
     model = model.to_empty(device=device).to(torch_dtype)
     model.load_state_dict({k: v.to(torch_dtype) for k, v in state.items()}, strict=True)
-    model.rotary = type(model.rotary)(args.head_dim, args.rope_theta, args.rope_full_precision).to(device)
+    model.rotary = type(model.rotary)(args.head_dim, args.rope_theta, args.rope_full_precision,
+                                      args.max_seq_len).to(device)
     model.eval().requires_grad_(False)
+    model.fuse_projections()
     return LoadedModel(model=model, tokenizer=tok, path=p, config=cfg)
 
 
