@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from dpad.eval import sandbox as sandbox_module
 from dpad.eval.sandbox import (
     OPTED_IN,
     SandboxUnavailableError,
@@ -249,6 +250,9 @@ def test_benign_programs_score_correctly(layer: str, guard: bool) -> None:
     assert files.passed and files.stdout.startswith("yyy"), files
 
 
+_NONE = sandbox_module._Variant("none")
+
+
 def test_refuses_without_os_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DPAD_SANDBOX", "none")
     assert isolation_method() == "none"
@@ -256,12 +260,24 @@ def test_refuses_without_os_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SandboxUnavailableError) as info:
         run_python("print('ran')")
     msg = str(info.value)
-    assert "\n" not in msg and "bubblewrap" in msg and "--allow-unsandboxed" in msg
+    assert "\n" not in msg and "DPAD_SANDBOX" in msg and "--allow-unsandboxed" in msg
     with pytest.raises(SandboxUnavailableError):
         require_isolation()
     assert require_isolation(allow_unsandboxed=True) == OPTED_IN
     res = run_python("print('ran')", allow_unsandboxed=True)
     assert res.passed and res.stdout.strip() == "ran" and res.isolation == OPTED_IN
+    # nothing works here: the message says how to fix it
+    monkeypatch.delenv("DPAD_SANDBOX")
+    monkeypatch.setattr("dpad.eval.sandbox._working", lambda layer: _NONE if layer == "none" else None)
+    monkeypatch.setattr("dpad.eval.sandbox._reasons", {"bubblewrap": "bwrap not found"})
+    assert isolation_method() == "none"
+    with pytest.raises(SandboxUnavailableError) as info:
+        run_python("print('ran')")
+    msg = str(info.value)
+    assert "\n" not in msg and "bwrap not found" in msg and "apt-get install bubblewrap" in msg
+    assert "--allow-unsandboxed" in msg
+    with pytest.raises(SandboxUnavailableError, match="'bubblewrap' is not available"):
+        run_python("print('ran')", isolation="bubblewrap", allow_unsandboxed=True)
     monkeypatch.setenv("DPAD_SANDBOX", "bogus")
     with pytest.raises(SandboxUnavailableError, match="DPAD_SANDBOX"):
         isolation_method()

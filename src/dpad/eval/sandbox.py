@@ -521,6 +521,9 @@ def isolation_method(allow_unsandboxed: bool = False) -> str:
 
 def _unavailable_message(requested: str | None = None) -> str:
     why = "; ".join(f"{k}: {v}" for k, v in _reasons.items() if k != "none") or "no isolation tool works here"
+    if os.environ.get("DPAD_SANDBOX", "").strip() == "none" and not requested:
+        return ("refusing to run generated code without an OS sandbox (DPAD_SANDBOX=none is set): unset "
+                "DPAD_SANDBOX or, to run it without isolation, pass --allow-unsandboxed (allow_unsandboxed=True)")
     if requested:
         head = f"sandbox layer {requested!r} is not available here ({why})"
     else:
