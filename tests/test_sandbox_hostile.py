@@ -87,6 +87,24 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _session_key(secret: str) -> list[int]:
+    """Put ``secret`` in a key of a fresh session keyring of this process (none where keyctl is
+    unavailable); returns the key's id."""
+    import ctypes
+    import platform
+
+    nr = {"x86_64": 250, "aarch64": 219}.get(platform.machine())
+    add_key = {"x86_64": 248, "aarch64": 217}.get(platform.machine())
+    if nr is None or add_key is None:
+        return []
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(nr, 1, None) < 0:  # KEYCTL_JOIN_SESSION_KEYRING: do not touch a shared one
+        return []
+    kid = libc.syscall(add_key, b"user", b"dpad_hostile", secret.encode(), len(secret), ctypes.c_int(-3))
+    return [int(kid)] if kid > 0 else []
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     token = uuid.uuid4().hex[:12]
@@ -136,12 +154,13 @@ def world(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
                           - {"127.0.0.1"})
     except OSError:
         pass
+    key_ids = _session_key(secret)
     old = os.environ.get("DPAD_HOSTILE_SECRET")
     os.environ["DPAD_HOSTILE_SECRET"] = secret
     cfg = {"parent_pid": os.getpid(), "canary_pid": canary.pid, "port": port, "unix_name": unix_name,
            "targets": targets, "tree": str(tree), "secret_file": str(secret_file), "home": str(home),
            "home_marker": str(home_marker), "repo_file": str(repo_file), "marker": marker,
-           "host_ips": host_ips}
+           "host_ips": host_ips, "key_ids": key_ids}
     try:
         yield {"cfg": cfg, "secret": secret, "canary": canary, "listeners": listeners, "tree": tree,
                "home": home, "marker": marker}

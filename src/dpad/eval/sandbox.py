@@ -13,7 +13,8 @@ The boundary is the operating system. Each call of :func:`run_python` writes the
   the only other writable place, holding ``solution.py``). ``$HOME``, the repository, other
   users' files and the host's processes are not there at all. No network (only a loopback that
   is down), a clean environment (``PATH``, ``LANG``, ``LC_ALL``, ``HOME``, ``TMPDIR``), a new
-  session (no terminal), and the sandbox dies with its parent. Run as root, bwrap keeps only
+  session (no terminal) with a fresh session keyring (the parent's keys are out of reach), and
+  the sandbox dies with its parent. Run as root, bwrap keeps only
   ``CAP_SETUID``/``CAP_SETGID`` and the runner switches to uid/gid 65534 (nobody) before the
   program starts, so the program runs with no capabilities and ``RLIMIT_NPROC`` is enforced.
 * ``"unshare"`` (util-linux, where bwrap is missing): the same layout built by a small shell
@@ -46,6 +47,7 @@ import dataclasses
 import functools
 import json
 import os
+import platform
 import resource
 import select
 import shlex
@@ -429,6 +431,12 @@ with open("/proc/self/status") as fh:
     caps = {k: v.strip() for k, _, v in (line.partition(":") for line in fh) if k in ("CapEff", "CapPrm")}
 if any(int(v, 16) for v in caps.values()):
     sys.exit("dpad sandbox probe: the program would keep capabilities %s" % caps)
+if "PARENT_KEYRING" != "None":
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.syscall(KEYCTL_NR, 0, ctypes.c_int(-3), 0) == PARENT_KEYRING:
+        sys.exit("dpad sandbox probe: the parent's session keyring is shared")
 pids = [p for p in os.listdir("/proc") if p.isdigit()]
 if len(pids) > 4:
     sys.exit("dpad sandbox probe: host processes visible: %d" % len(pids))
@@ -455,6 +463,19 @@ print("ok uid=%d" % os.getuid())
 _reasons: dict[str, str] = {}
 
 
+def _session_keyring_id() -> int | None:
+    """This process's session keyring (None where keyctl is unavailable)."""
+    nr = _KEYCTL_NR.get(platform.machine().lower())
+    if nr is None or _join_new_session_keyring() is None:
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    kid = libc.syscall(nr, 0, ctypes.c_int(-3), 0)  # KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING
+    return int(kid) if kid > 0 else None
+
+
 @functools.cache
 def _working(layer: str) -> _Variant | None:
     """The first variant of ``layer`` that passes the isolation probe here (None if none does)."""
@@ -472,6 +493,8 @@ def _working(layer: str) -> _Variant | None:
             listener.listen(1)
             listener.setblocking(False)
             probe = _PROBE.replace("PORT", str(listener.getsockname()[1]))
+            probe = probe.replace("PARENT_KEYRING", str(_session_keyring_id())).replace(
+                "KEYCTL_NR", str(_KEYCTL_NR.get(platform.machine().lower(), -1)))
             res = _execute(probe, v, timeout_s=20.0, memory_mb=1024, max_procs=16, max_file_mb=1,
                            max_output_bytes=4096, guard=False)
             try:
@@ -580,8 +603,35 @@ def _clamp(which: int, soft: int, hard: int) -> tuple[int, int]:
     return soft, hard
 
 
+# keyctl(2) by architecture (no libc wrapper; glibc's syscall() takes the number)
+_KEYCTL_NR = {"x86_64": 250, "amd64": 250, "aarch64": 219, "arm64": 219, "riscv64": 219}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+@functools.cache
+def _join_new_session_keyring() -> Callable[[], object] | None:
+    """``keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL)``: a fresh anonymous session keyring, so that
+    the sandbox does not possess (and cannot read) the keys of the parent's session keyring."""
+    nr = _KEYCTL_NR.get(platform.machine().lower())
+    if nr is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, ImportError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
+    return functools.partial(syscall, nr, _KEYCTL_JOIN_SESSION_KEYRING, None)
+
+
 def _make_preexec(limits: Sequence[tuple[int, tuple[int, int]]]) -> Callable[[], None]:
+    join_keyring = _join_new_session_keyring()
+
     def _preexec() -> None:  # runs in the forked child: no imports, no allocation-heavy work
+        if join_keyring is not None:
+            join_keyring()
         for which, value in limits:
             try:
                 resource.setrlimit(which, value)
