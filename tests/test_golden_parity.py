@@ -10,6 +10,7 @@ Each reference function maps onto one :class:`DecodeConfig`:
 
 Random-window DPad cases (scale 2.0) replay the recorded kept sets with ``suffix.Explicit``.
 
+``cases_llada_eos.json``: LLaDA's ``logits_eos_inf`` / ``confidence_eos_eot_inf`` options.
 ``cases_extra.json`` adds original-Dream cases with steps = gen/2 and gen/3 for every Dream
 confidence rule, greedy and sampled (temperature, top-p/top-k, ``alg_temp``): the reference's own
 random draws (``torch.manual_seed`` + ``Categorical``/``multinomial``/``rand``) are reproduced by the
@@ -27,6 +28,7 @@ from dpad.engine.suffix import Explicit, GaussianDecay
 
 CASES = load_cases()
 EXTRA = load_cases("cases_extra.json")
+LLADA_EOS = load_cases("cases_llada_eos.json")
 RANDOM_DPAD = [c for c in CASES if "kept_suffix_per_block" in c and c["args"].get("scale") == 2.0]
 RANDOM_IDS = {c["id"] for c in RANDOM_DPAD}
 
@@ -54,7 +56,9 @@ def to_config(case: dict) -> DecodeConfig:
                   early_termination=a["early_termination"])
     else:
         kw.update(confidence=a["remasking"], threshold=a.get("threshold"),
-                  early_termination=a.get("early_termination", False))
+                  early_termination=a.get("early_termination", False),
+                  logits_eos_inf=a.get("logits_eos_inf", False),
+                  confidence_eos_eot_inf=a.get("confidence_eos_eot_inf", False))
         if "prefix_cache" in fn:
             kw["cache"] = "prefix"
         elif "dual_cache" in fn:
@@ -154,3 +158,19 @@ def test_extra_dream_case(case: dict, tiny_models: dict) -> None:
     assert out.generated == case["generated_ids"]
     assert out.ids == case["output_ids"]
     assert out.nfe == expected_nfe(case, cfg, out.blocks_decoded)
+
+
+def test_llada_eos_inventory() -> None:
+    flags = {(c["args"]["logits_eos_inf"], c["args"]["confidence_eos_eot_inf"]) for c in LLADA_EOS}
+    assert flags == {(True, False), (False, True), (True, True)}
+    assert all(c["tokens_changed_by_flags"] > 0 for c in LLADA_EOS)  # each case can tell the flags apart
+
+
+@pytest.mark.parametrize("case", LLADA_EOS, ids=[c["id"] for c in LLADA_EOS])
+def test_llada_eos_eot_case(case: dict, tiny_models: dict) -> None:
+    cfg = to_config(case)
+    out = decode(tiny_models[case["model"]].model, case["prompt_ids"], cfg, mask_id=MASK_ID,
+                 eos_id=case["eos_id"], eot_id=case["eot_id"])
+    assert out.generated == case["generated_ids"]
+    assert out.ids == case["output_ids"]
+    assert out.nfe == case["args"]["steps"]

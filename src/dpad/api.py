@@ -137,7 +137,7 @@ def generate(lm: LoadedModel, prompts: str | list[int] | list[str] | list[list[i
             chunks.append([i])
     for chunk in chunks:
         outs = decode_batch(lm.model, [encoded[i] for i in chunk], cfg, mask_id=lm.mask_token_id,
-                            eos_id=lm.eos_token_id)
+                            eos_id=lm.eos_token_id, eot_id=getattr(lm, "eot_token_id", None))
         for i, out in zip(chunk, outs, strict=True):
             results[i] = to_generation(lm, out)
     return results[0] if single else results  # type: ignore[return-value]

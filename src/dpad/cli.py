@@ -37,6 +37,8 @@ _HELP = {
     "uniform_keep": "tokens kept by --suffix uniform",
     "cache": "KV cache: none, prefix or dual",
     "early_termination": "stop once a finished block holds EOS",
+    "logits_eos_inf": "LLaDA option: EOS logit -inf (EOS is never proposed)",
+    "confidence_eos_eot_inf": "LLaDA option: EOS/EoT get confidence 0 (committed last)",
     "seed": "seed of the sampling and DPad dropout generators",
     "compat": "reproduce a reference implementation's quirks: none, fast-dllm, dpad-dream",
 }

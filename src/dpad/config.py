@@ -38,6 +38,10 @@ class DecodeConfig:
       other position with confidence >= threshold) or ``factor`` replace the fixed schedule;
       otherwise ``steps`` spread over the blocks with the ``schedule`` (``llada`` even split,
       ``dream`` linear timesteps; ``auto`` picks by model family).
+    End tokens (LLaDA's sampler options, its paper's Appendix B.4): ``logits_eos_inf`` sets the EOS
+      logit to -inf before the proposal (EOS is never proposed); ``confidence_eos_eot_inf`` removes
+      EOS and EoT (end of turn, where the model has one) from the distribution the confidence is
+      read from, so a position proposing them gets confidence 0 and is committed last.
     ``compat`` reproduces a reference implementation's quirks (see docs/quirks.md).
     """
 
@@ -61,6 +65,8 @@ class DecodeConfig:
     uniform_keep: int | None = None
     cache: str = "none"
     early_termination: bool = False
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
     seed: int = 1234
     compat: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -155,8 +161,9 @@ class DecodeConfig:
                 bad("uniform_keep", f"must be <= window={self.window}")
         if self.cache not in CACHE_POLICIES:
             bad("cache", f"must be one of {', '.join(CACHE_POLICIES)}")
-        if not isinstance(self.early_termination, bool):
-            bad("early_termination", "must be True or False")
+        for name in ("early_termination", "logits_eos_inf", "confidence_eos_eot_inf"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "must be True or False")
         if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             bad("seed", f"must be an integer in 0..{MAX_SEED} (2**64 - 1)")
         if self.compat not in COMPAT:

@@ -125,22 +125,23 @@ def _commit(canvas: torch.Tensor, view: cache_mod.View, logits: torch.Tensor, un
 
 @torch.no_grad()
 def decode(model, prompt: list[int] | torch.Tensor, cfg: DecodeConfig, *,  # noqa: ANN001
-           mask_id: int, eos_id: int, suffix_policy: suffix_mod.SuffixPolicy | None = None,
-           on_block: BlockCallback | None = None) -> GenerationOutput:
+           mask_id: int, eos_id: int, eot_id: int | None = None,
+           suffix_policy: suffix_mod.SuffixPolicy | None = None, on_block: BlockCallback | None = None) -> GenerationOutput:
     """Decode one prompt (token ids) with ``model`` (a :class:`~dpad.models.Transformer`)."""
-    return decode_batch(model, [prompt], cfg, mask_id=mask_id, eos_id=eos_id,
+    return decode_batch(model, [prompt], cfg, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id,
                         suffix_policies=[suffix_policy], on_block=on_block)[0]
 
 
 @torch.no_grad()
 def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: DecodeConfig, *,  # noqa: ANN001
-                 mask_id: int, eos_id: int,
+                 mask_id: int, eos_id: int, eot_id: int | None = None,
                  suffix_policies: Sequence[suffix_mod.SuffixPolicy | None] | None = None,
                  seeds: Sequence[int] | None = None,
                  on_block: BlockCallback | None = None,
                  is_cancelled: CancelCheck | None = None) -> list[GenerationOutput]:
     """Decode a batch of prompts (token ids, any lengths) in lockstep over blocks.
 
+    ``eot_id``: the end-of-turn token (``cfg.confidence_eos_eot_inf`` treats it like EOS), if any;
     ``seeds`` (default: ``cfg.seed`` for every row) seed each row's own generators;
     ``suffix_policies`` optionally give a row its own suffix policy object (e.g. ``Explicit``).
     A row leaves the batch (its rows of the view and KV cache are dropped) as soon as it is done:
@@ -182,7 +183,7 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
         sp = (suffix_policies[r] if suffix_policies is not None else None) or suffix_mod.from_config(cfg)
         sp.reset(row_seeds[r])
         suffixes.append(sp)
-        unmaskers.append(Unmasker(cfg, family, torch.Generator().manual_seed(row_seeds[r])))
+        unmaskers.append(Unmasker(cfg, family, torch.Generator().manual_seed(row_seeds[r]), eos_id, eot_id))
     cache = cache_mod.from_config(cfg)
     runner = cache_mod.Runner(model, mask_id, cfg.cfg_scale, N)
     dream_compat = cfg.compat == "dpad-dream"

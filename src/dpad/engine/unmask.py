@@ -34,10 +34,22 @@ def llada_schedule(n_masks: int, steps: int) -> list[int]:
 
 
 class Proposer:
+    """``banned``: token ids whose logits are -inf before the proposal (LLaDA's ``logits_eos_inf``:
+    never proposed, and the probabilities renormalise without them). ``unconfident``: token ids
+    removed from the distribution the confidence is read from, after the proposal (LLaDA's
+    ``confidence_eos_eot_inf``: a position proposing one gets confidence 0 and is committed last)."""
+
     def __init__(self, confidence: str, temperature: float, top_p: float | None, top_k: int | None,
-                 gen: torch.Generator) -> None:
+                 gen: torch.Generator, banned: tuple[int, ...] = (), unconfident: tuple[int, ...] = ()) -> None:
         self.confidence, self.temperature = confidence, temperature
         self.top_p, self.top_k, self.gen = top_p, top_k, gen
+        self.banned, self.unconfident = tuple(banned), tuple(unconfident)
+
+    @staticmethod
+    def _drop(logits: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
+        if not ids:
+            return logits
+        return logits.index_fill(-1, torch.tensor(ids, device=logits.device), NEG_INF)
 
     def _filter(self, logits: torch.Tensor) -> torch.Tensor:
         if self.top_k is not None and self.top_k < logits.shape[-1]:
@@ -55,13 +67,13 @@ class Proposer:
 
     def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [n, V], masked [n] -> (tokens [n], confidence [n]) in float64."""
-        logits = self._filter(logits.to(torch.float64))
+        logits = self._filter(self._drop(logits.to(torch.float64), self.banned))
         if self.temperature > 0:
             u = torch.rand(logits.shape, generator=self.gen, dtype=torch.float64).to(logits.device)
             x0 = torch.argmax(logits.exp() / (-torch.log(u)) ** self.temperature, dim=-1)
         else:
             x0 = torch.argmax(logits, dim=-1)
-        p = torch.softmax(logits, dim=-1)
+        p = torch.softmax(self._drop(logits, self.unconfident), dim=-1)
         c = self.confidence
         if c in ("low_confidence", "maskgit_plus", "origin"):  # origin: the Origin rule picks at random
             conf = torch.gather(p, -1, x0[..., None])[..., 0]
@@ -99,16 +111,20 @@ class DreamProposer(Proposer):
 
     def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [m, V] of the positions to decide -> (tokens [m], confidence [m])."""
-        logits = logits.to(torch.float64)
+        logits = self._drop(logits.to(torch.float64), self.banned)
         if self.temperature > 0:
             logits = logits / self.temperature
-        probs = torch.softmax(self._filter(logits), dim=-1)
+        logits = self._filter(logits)
+        probs = torch.softmax(logits, dim=-1)
         if self.temperature > 0 and len(probs):
             norm = probs / probs.sum(-1, keepdim=True)
             x0 = torch.multinomial(norm.cpu(), 1, True, generator=self.gen)[:, 0].to(probs.device)
             conf = torch.gather(probs, -1, x0[:, None])[:, 0]
         else:
             conf, x0 = probs.max(dim=-1)
+        if self.unconfident:
+            probs = torch.softmax(self._drop(logits, self.unconfident), dim=-1)
+            conf = torch.gather(probs, -1, x0[:, None])[:, 0]
         if self.confidence == "topk_margin":
             top2 = torch.sort(probs, dim=-1, descending=True).values
             conf = top2[:, 0] - top2[:, 1]
@@ -257,9 +273,13 @@ class Origin(TopK):
 class Unmasker:
     """Proposal + count rule, bound to one decode run."""
 
-    def __init__(self, cfg, family: str, gen: torch.Generator) -> None:  # noqa: ANN001
+    def __init__(self, cfg, family: str, gen: torch.Generator, eos_id: int | None = None,  # noqa: ANN001
+                 eot_id: int | None = None) -> None:
         proposer = DreamProposer if family == "dream" else Proposer
-        self.proposer = proposer(cfg.confidence, cfg.temperature, cfg.top_p, cfg.top_k, gen)
+        ends = tuple(i for i in (eos_id, eot_id) if i is not None)
+        banned = (eos_id,) if cfg.logits_eos_inf and eos_id is not None else ()
+        unconfident = ends if cfg.confidence_eos_eot_inf else ()
+        self.proposer = proposer(cfg.confidence, cfg.temperature, cfg.top_p, cfg.top_k, gen, banned, unconfident)
         self.layout = (0, 0)
         kind = cfg.schedule if cfg.schedule != "auto" else ("dream" if family == "dream" else "llada")
         if cfg.threshold is not None:

@@ -56,6 +56,7 @@ def args_from_config(cfg: dict[str, Any]) -> ModelArgs:
         logits_shift=1,
         mask_token_id=cfg.get("mask_token_id"),
         eos_token_id=cfg.get("eos_token_id"),
+        eot_token_id=cfg.get("eot_token_id"),
         pad_token_id=cfg.get("pad_token_id"),
         extra={"weight_tying": bool(cfg.get("tie_word_embeddings", False))},
     )

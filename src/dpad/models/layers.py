@@ -48,6 +48,7 @@ class ModelArgs:
     logits_shift: int = 0  # Dream predicts token j from position j-1's output
     mask_token_id: int | None = None
     eos_token_id: int | None = None
+    eot_token_id: int | None = None  # end of turn (chat checkpoints), if any
     pad_token_id: int | None = None
     moe: MoEArgs | None = None  # mixture-of-experts feed-forward (LLaDA-MoE); None = dense MLP
     extra: dict = field(default_factory=dict)

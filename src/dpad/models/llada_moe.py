@@ -98,6 +98,7 @@ def args_from_config(cfg: dict[str, Any]) -> ModelArgs:
         logits_shift=0,
         mask_token_id=mask,
         eos_token_id=cfg.get("eos_token_id"),
+        eot_token_id=cfg.get("eot_token_id"),
         pad_token_id=cfg.get("pad_token_id"),
         moe=MoEArgs(n_experts=n_experts, top_k=top_k, expert_dim=int(cfg["expert_intermediate_size"]),
                     layers=layers, shared_dim=None if shared is None else int(shared)),

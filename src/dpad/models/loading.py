@@ -55,6 +55,12 @@ class LoadedModel:
     def eos_token_id(self) -> int:
         return int(self.args.eos_token_id)
 
+    @property
+    def eot_token_id(self) -> int | None:
+        """The end-of-turn token (``<|eot_id|>`` of LLaDA's chat format, ``<|im_end|>`` of
+        Qwen-style ones), or None when the checkpoint has none."""
+        return None if self.args.eot_token_id is None else int(self.args.eot_token_id)
+
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
@@ -216,6 +222,18 @@ def _weight_files(p: Path) -> list[Path]:
     raise CheckpointError(f"no weights in {str(p)!r}: expected model.safetensors or model.safetensors.index.json")
 
 
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>")
+
+
+def end_of_turn_id(tok: Any) -> int | None:
+    """The id of the tokenizer's end-of-turn token (the first of ``END_OF_TURN_TOKENS`` it has)."""
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    for t in END_OF_TURN_TOKENS:
+        if t in vocab:
+            return int(vocab[t])
+    return None
+
+
 def _load_tokenizer(p: Path) -> Any | None:
     if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         return None
@@ -253,6 +271,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
             args.mask_token_id = int(tok.mask_token_id)
         if args.eos_token_id is None and getattr(tok, "eos_token_id", None) is not None:
             args.eos_token_id = int(tok.eos_token_id)
+        if args.eot_token_id is None:
+            args.eot_token_id = end_of_turn_id(tok)
     if args.mask_token_id is None:
         raise CheckpointError(
             f"no mask token id for {str(p)!r}: set mask_token_id in config.json or give the tokenizer a mask_token")

@@ -267,7 +267,8 @@ class Scheduler:
             return batch[ev.row].on_block(ev)
 
         outs = decode_batch(lm.model, [j.ids for j in batch], batch[0].cfg, mask_id=lm.mask_token_id,
-                            eos_id=lm.eos_token_id, seeds=[j.cfg.seed for j in batch], on_block=on_block)
+                            eos_id=lm.eos_token_id, eot_id=getattr(lm, "eot_token_id", None),
+                            seeds=[j.cfg.seed for j in batch], on_block=on_block)
         m.batch_forwards.inc(outs[0].batch_forwards if outs else 0)
         for j, out in zip(batch, outs, strict=True):
             if not j.finished and not j.cancelled.is_set():  # not reached: the last block finishes a row
