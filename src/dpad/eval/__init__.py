@@ -3,7 +3,7 @@
 Answer extraction and scoring (GSM8K as in lm-evaluation-harness, MATH via math_verify,
 HumanEval/MBPP post-processing) live in :mod:`dpad.scoring`, shared with :mod:`dpad.analysis`.
 
-* :mod:`dpad.eval.sandbox` - running generated code in a limited child process;
+* :mod:`dpad.eval.sandbox` - running generated code in an OS sandbox (bubblewrap; refused without one);
 * :mod:`dpad.eval.datasets` - local benchmark loaders and few-shot prompts;
 * :mod:`dpad.eval.tasks` - arith, gsm8k, math, humaneval, mbpp (prompts, stop strings, scoring);
 * :mod:`dpad.eval.methods` - ladder method names (``parallel+prefix+dpad``) -> DecodeConfig;
