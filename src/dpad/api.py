@@ -66,7 +66,8 @@ class Generation:
 
 def encode_prompt(lm: LoadedModel, prompt: str | list[int], chat: bool | None = None) -> list[int]:
     """Token ids for a prompt: ids pass through; text is tokenized (with the chat template when
-    ``chat`` is True, or when ``chat`` is None and the tokenizer has one)."""
+    ``chat`` is True, or when ``chat`` is None and the checkpoint is an instruct one: it has a chat
+    template and is not a base model, see :mod:`dpad.models.chat`)."""
     if isinstance(prompt, (list, tuple)) or isinstance(prompt, torch.Tensor):
         ids = [int(t) for t in prompt]
         bad = [t for t in ids if not 0 <= t < lm.args.vocab_size]
@@ -78,7 +79,7 @@ def encode_prompt(lm: LoadedModel, prompt: str | list[int], chat: bool | None = 
     tok = lm.tokenizer
     if tok is None:
         raise ConfigError("this checkpoint has no tokenizer files: pass token ids (e.g. --prompt-ids 1,2,3)")
-    use_chat = chat if chat is not None else bool(getattr(tok, "chat_template", None))
+    use_chat = chat if chat is not None else getattr(lm, "is_chat", bool(getattr(tok, "chat_template", None)))
     if use_chat:
         if not getattr(tok, "chat_template", None):
             raise ConfigError("chat=True but the tokenizer has no chat template; use chat=False")

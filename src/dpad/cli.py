@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", help="prompt text")
     g.add_argument("--prompt-ids", help="prompt token ids, comma-separated (token-level use)")
     g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
-                   help="apply the tokenizer's chat template (default: when the tokenizer has one)")
+                   help="apply the tokenizer's chat template (default: for instruct checkpoints, i.e. a chat template and no 'base' in the name)")
     g.add_argument("--json", action="store_true", help="machine-readable output: ids, text, nfe, timings")
     add_decode_args(g)
     g.set_defaults(func=cmd_generate)

@@ -247,6 +247,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # LLaDA-MoE-7B-A1B-Instruct model card: generate(steps=128, gen_length=128, block_length=32,
     # temperature 0, cfg 0, low_confidence); its dInfer example uses threshold 0.9 (-parallel).
     "llada-moe-instruct": _p(gen_length=128, steps=128, block_length=32),
+    # Dream-v0-Instruct-7B (prompts in its chat format): the model card's diffusion_generate call
+    # (one block of 512, 512 steps, entropy, temperature 0.2, top-p 0.95, alg_temp 0), and the
+    # block-32 setting of the multi-turn chat demo shipped with Fast-dLLM and DPad (gen 128, steps
+    # 128, entropy, alg_temp 0.1, greedy tokens).
+    "dream-instruct": _p(gen_length=512, block_length=512, steps=512, confidence="entropy", schedule="dream",
+                         temperature=0.2, top_p=0.95, alg_temp=0.0),
+    "dream-instruct-chat": _p(gen_length=128, block_length=32, steps=128, confidence="entropy",
+                              schedule="dream", alg_temp=0.1),
     "fast-dllm-prefix": _p(threshold=0.9, cache="prefix"),
     "fast-dllm-dual": _p(threshold=0.9, cache="dual"),
 }

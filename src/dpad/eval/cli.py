@@ -76,7 +76,7 @@ def register(sub: Any) -> None:
                         "--train-data, else 0)")
     p.add_argument("--fewshot-seed", type=int, default=1234, help="seed for drawing the few-shot examples")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
-                   help="apply the tokenizer's chat template (default: when the tokenizer has one)")
+                   help="apply the tokenizer's chat template (default: for instruct checkpoints, i.e. a chat template and no 'base' in the name)")
     p.add_argument("--allow-unsandboxed", action="store_true",
                    help="humaneval/mbpp: run the generated code even where no OS sandbox (bubblewrap, or "
                         "unshare namespaces) is available; without this flag such runs are refused")

@@ -22,8 +22,10 @@ Model arguments (``--model_args k=v,...``):
   ``alg_temp``, ``cfg_scale``, ``eps``, ``suffix``, ``window`` (``W``), ``sigma`` (``k``), ``scale``
   (``a``), ``uniform_keep``, ``cache``, ``early_termination``, ``seed``, ``compat``; they override
   the method/preset;
-* ``chat``: wrap each context as one user turn of the tokenizer's chat template (default false;
-  lm-eval's ``--apply_chat_template`` is the other way, through :meth:`DpadLM.apply_chat_template`);
+* ``chat``: wrap each context as one user turn of the tokenizer's chat template; default ``auto``:
+  yes for an instruct checkpoint (a chat template and no ``base`` in its name, see
+  :mod:`dpad.models.chat`, e.g. Dream-v0-Instruct-7B, LLaDA-8B-Instruct), unless lm-eval formats the
+  contexts itself (``--apply_chat_template``, through :meth:`DpadLM.apply_chat_template`);
 * ``batch_size`` (lm-eval's ``--batch_size``): prompts decoded together by the engine.
 
 Only ``generate_until`` is implemented: a diffusion LM has no left-to-right likelihood, so
@@ -105,7 +107,7 @@ class DpadLM(LM):
 
     def __init__(self, pretrained: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
                  batch_size: int | str | None = 1, max_batch_size: int | None = None, method: str | None = None,
-                 preset: str | None = None, chat: bool | str = False, threads: int | None = None,
+                 preset: str | None = None, chat: bool | str | None = "auto", threads: int | None = None,
                  revision: str | None = None, **kwargs: Any) -> None:
         super().__init__()
         import torch
@@ -122,7 +124,8 @@ class DpadLM(LM):
         path = None if pretrained in (None, "", "embedded") else str(pretrained)
         family = model_family(path, read_config(path, revision) if path else None)
         self.method, self.config = resolve_config(method, preset_name=preset, family=family, overrides=decode)
-        self.chat = _as_bool(chat)
+        self.chat = None if chat is None or str(chat).lower() == "auto" else _as_bool(chat)
+        self._templated = False  # lm-eval applied the chat template to the contexts itself
         if isinstance(batch_size, str) and not batch_size.isdigit():  # "auto", "auto:4"
             batch_size = max_batch_size or 8
         self.batch_size = max(1, int(batch_size or 1))
@@ -173,14 +176,15 @@ class DpadLM(LM):
             key = json.dumps({k: v for k, v in gen_kwargs.items() if k in ("temperature", "do_sample")},
                              sort_keys=True, default=str)
             groups.setdefault(key, []).append(i)
+        chat = self.chat if self.chat is not None else (self.lm.is_chat and not self._templated)
         bar = tqdm(total=len(requests), desc="dpad generate_until", disable=disable_tqdm or self.rank != 0)
         for idxs in groups.values():
             cfg = self._config_for(parsed[idxs[0]][1])
             for start in range(0, len(idxs), self.batch_size):
                 chunk = idxs[start : start + self.batch_size]
-                gens = generate(self.lm, [parsed[i][0] for i in chunk], cfg, chat=self.chat,
+                gens = generate(self.lm, [parsed[i][0] for i in chunk], cfg, chat=chat,
                                 batch_size=len(chunk)) if _accepts_batch_size() else \
-                    generate(self.lm, [parsed[i][0] for i in chunk], cfg, chat=self.chat)
+                    generate(self.lm, [parsed[i][0] for i in chunk], cfg, chat=chat)
                 for i, g in zip(chunk, gens, strict=True):
                     text = g.text or ""
                     for stop in parsed[i][2]:
@@ -198,6 +202,7 @@ class DpadLM(LM):
         tok = self.lm.tokenizer
         if tok is None or not getattr(tok, "chat_template", None):
             raise ConfigError(f"{self.pretrained} has no chat template; run without --apply_chat_template")
+        self._templated = True
         return tok.apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt, tokenize=False)
 
     @property
@@ -205,6 +210,8 @@ class DpadLM(LM):
         return str(self.pretrained).replace("/", "__")
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
+        if chat_template:  # lm-eval asks when it formats the contexts (also with cached requests)
+            self._templated = True
         tok = self.lm.tokenizer
         return getattr(tok, "chat_template", None) or ""
 

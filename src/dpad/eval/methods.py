@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PRESETS, DecodeConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DpadError
 
 __all__ = [
     "EMBEDDED_DEFAULTS",
@@ -86,7 +86,9 @@ def _switches_to_config(parts: set[str], base: DecodeConfig) -> DecodeConfig:
 
 
 def model_family(model_path: str | Path | None, config: dict[str, Any] | None = None) -> str:
-    """``embedded``, ``llada-instruct``, ``llada-1.5`` or ``dream-base`` (picks the preset family)."""
+    """``embedded``, ``llada-instruct``, ``llada-1.5``, ``dream-base`` or ``dream-instruct`` (picks the
+    preset family; Dream's instruct checkpoint is told apart by its chat template, see
+    :func:`dpad.models.chat.is_chat_checkpoint`)."""
     from ..api import embedded_model_path
 
     if model_path is None:
@@ -99,21 +101,38 @@ def model_family(model_path: str | Path | None, config: dict[str, Any] | None = 
     name = str(model_path).lower()
     mtype = str((config or {}).get("model_type", "")).lower()
     if "dream" in mtype or "dream" in name:
-        return "dream-base"
+        return "dream-instruct" if _is_chat_dir(model_path, config) else "dream-base"
     if "1.5" in name or "1_5" in name:
         return "llada-1.5"
     return "llada-instruct"
+
+
+def _is_chat_dir(model_path: str | Path, config: dict[str, Any] | None) -> bool:
+    from ..models.chat import is_chat_checkpoint
+    from ..models.loading import resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(model_path)
+    except DpadError:
+        return False
+    return is_chat_checkpoint(path, config)
+
+
+# families without published DPad settings of their own take those of their base model
+_PARAMS_FAMILY = {"dream-instruct": "dream-base"}
 
 
 def default_params(family: str, task: str | None = None) -> dict[str, Any]:
     """Decoding parameters (not switches) for a model family and task.
 
     ``embedded``: :data:`EMBEDDED_DEFAULTS`. Otherwise the published preset
-    ``{family}-{task}`` (e.g. ``llada-1.5-gsm8k``), falling back to the family's GSM8K preset.
+    ``{family}-{task}`` (e.g. ``llada-1.5-gsm8k``), falling back to the family's GSM8K preset;
+    ``dream-instruct`` has no DPad settings of its own and takes Dream-Base's.
     """
     if family == "embedded":
         return dict(EMBEDDED_DEFAULTS)
     key = _TASK_KEYS.get(task or "gsm8k", "gsm8k")
+    family = _PARAMS_FAMILY.get(family, family)
     name = f"{family}-{key}" if f"{family}-{key}" in PRESETS else f"{family}-gsm8k"
     if name not in PRESETS:
         raise ConfigError(f"no preset for model family {family!r}; pass --preset or the decoding flags")

@@ -320,6 +320,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
         if threads:
             torch.set_num_threads(threads)
         lm = None
+        chat_used = task.chat
         dev_str, dtype_str = "none (stub)", None
         if generate_fn is None and stub is not None:
             generate_fn = stub_generate_fn(task, stub)
@@ -328,9 +329,10 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
 
             lm = load(model, device=ctx.device_for(device), dtype=dtype, revision=revision)
             dev_str, dtype_str = str(lm.model.device), str(next(lm.model.parameters()).dtype)
-            generate_fn = model_generate_fn(lm, chat=task.chat, batch_size=batch_size)
+            chat_used = task.chat if task.chat is not None else lm.is_chat
+            generate_fn = model_generate_fn(lm, chat=chat_used, batch_size=batch_size)
             if samples:
-                warm_up(lm, samples[0].prompt, cfg, task.chat)
+                warm_up(lm, samples[0].prompt, cfg, chat_used)
         mine = shard(samples, ctx.rank, ctx.world_size)
         prefix = Path(out) / (f"{task.name}_{label}_gen{cfg.gen_length}" + (f"_stub-{stub}" if stub else ""))
         prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -358,6 +360,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
             "model": model or "embedded",
             "model_revision": revision,
             "model_family": family,
+            "chat": chat_used,
             "task": task.name,
             "task_options": task.describe(),
             "command": _launcher_prefix(command or command_line(), ctx.world_size),

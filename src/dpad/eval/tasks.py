@@ -68,7 +68,7 @@ class Task:
         self.data = os.fspath(data) if data is not None else None
         self.train_data = os.fspath(train_data) if train_data is not None else None
         self.num_fewshot = num_fewshot
-        self.chat = chat  # None: the tokenizer's chat template when it has one
+        self.chat = chat  # None: the chat template for instruct checkpoints (dpad.models.chat)
         self.seed = seed
         # run generated code even where no OS sandbox exists (dpad eval --allow-unsandboxed)
         self.allow_unsandboxed = allow_unsandboxed

@@ -56,6 +56,13 @@ class LoadedModel:
         return int(self.args.eos_token_id)
 
     @property
+    def is_chat(self) -> bool:
+        """An instruct checkpoint: prompts go through its chat template (see :mod:`dpad.models.chat`)."""
+        from .chat import is_chat_checkpoint
+
+        return self.tokenizer is not None and is_chat_checkpoint(self.path, self.config, self.tokenizer)
+
+    @property
     def eot_token_id(self) -> int | None:
         """The end-of-turn token (``<|eot_id|>`` of LLaDA's chat format, ``<|im_end|>`` of
         Qwen-style ones), or None when the checkpoint has none."""
@@ -223,6 +230,10 @@ def _weight_files(p: Path) -> list[Path]:
 
 
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>")
+QWEN2_TOKENIZERS = ("DreamTokenizer",)
+"""``tokenizer_class`` names that ship as remote code but are Qwen2's byte-level BPE unchanged
+(Dream's ``tokenization_dream.py`` is ``Qwen2Tokenizer`` renamed): loaded with transformers' own
+Qwen2 tokenizer."""
 
 
 def end_of_turn_id(tok: Any) -> int | None:
@@ -237,12 +248,27 @@ def end_of_turn_id(tok: Any) -> int | None:
 def _load_tokenizer(p: Path) -> Any | None:
     if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         return None
+    import transformers
     from transformers import AutoTokenizer, PretrainedConfig
 
     # AutoTokenizer reads config.json to pick a tokenizer class; transformers does not know the
     # llada/Dream model types, falls back to a bare config and warns that the types differ. The
     # class comes from tokenizer_config.json either way, so an empty config gives the same tokenizer.
     try:
+        cls_name = json.loads((p / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        cls_name = None
+    try:
+        if cls_name in QWEN2_TOKENIZERS:  # remote-code class, the same BPE as Qwen2's: no remote code
+            qwen2 = getattr(transformers, "Qwen2TokenizerFast", None) or transformers.Qwen2Tokenizer
+            from transformers.utils import logging as hf_logging
+
+            level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # transformers 4.x notes that the class names differ
+            try:
+                return qwen2.from_pretrained(str(p), local_files_only=True)
+            finally:
+                hf_logging.set_verbosity(level)
         return AutoTokenizer.from_pretrained(str(p), config=PretrainedConfig(), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - surface as one clear line
         raise CheckpointError(f"could not load the tokenizer in {str(p)!r}: {e}") from e
