@@ -309,3 +309,42 @@ def test_isolation_method_names_the_layer() -> None:
     assert method == (AVAILABLE[0] if AVAILABLE else "none")
     if AVAILABLE:
         assert run_python("pass").isolation == method
+
+
+SECCOMP_PROBE = r"""
+import ctypes, os, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+print([line.split()[1] for line in open("/proc/self/status") if line.startswith("Seccomp:")][0])
+print("keyctl", libc.syscall(250, 0, ctypes.c_int(-3), 0), ctypes.get_errno())
+print("userns", libc.unshare(0x10000000), ctypes.get_errno())
+done = []
+threads = [threading.Thread(target=done.append, args=(i,)) for i in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("threads", len(done))
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("fork allowed")
+except OSError as e:
+    print("fork refused", e.errno)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="the seccomp filter is built for x86_64")
+@pytest.mark.parametrize("layer,guard", CONFIGS)
+def test_seccomp_filter(layer: str, guard: bool) -> None:
+    res = run_python(BYPASS + SECCOMP_PROBE, isolation=layer, guard=guard)
+    assert res.passed, res
+    lines = res.stdout.splitlines()
+    assert lines[0] == "2"  # filter mode
+    assert lines[1] == "keyctl -1 1" and lines[2] == "userns -1 1"
+    assert lines[3] == "threads 4"  # threads still work
+    # with the guard on, processes are refused by the kernel too (the guard itself is undone above)
+    assert lines[4] == ("fork refused 1" if guard else "fork allowed")

@@ -29,7 +29,9 @@ The boundary is the operating system. Each call of :func:`run_python` writes the
 
 Set ``DPAD_SANDBOX=bubblewrap|unshare|none`` to force one layer (e.g. to test a fallback).
 
-Defence in depth on every layer (not a boundary by themselves): resource limits set before
+Defence in depth on every layer (not a boundary by themselves): a seccomp filter (x86_64; see
+``_SECCOMP_X86_64``) that refuses keyrings, user namespaces, mounts, io_uring, bpf, ptrace and,
+with the guard on, new processes (threads stay allowed); resource limits set before
 the sandbox starts - ``RLIMIT_CPU`` (about the wall-clock timeout), ``RLIMIT_AS``
 (``memory_mb``), ``RLIMIT_FSIZE`` (``max_file_mb``), ``RLIMIT_NPROC``, ``RLIMIT_NOFILE`` and
 ``RLIMIT_CORE`` = 0; and a Python guard preamble that refuses sockets, process creation and
@@ -54,12 +56,13 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import DpadError
 
@@ -267,6 +270,86 @@ if _os.getuid() == 0:
     if 0 in _os.getresuid() or 0 in _os.getresgid():
         _os._exit(125)
 """.replace("NOBODY", str(_NOBODY))
+
+
+# --------------------------------------------------------------------------- seccomp
+
+# A seccomp filter the runner installs before the program (every layer; defence in depth on top
+# of the namespaces, x86_64 only): kernel interfaces a benchmark solution never needs fail with
+# EPERM - keyrings (the sandbox user's keyrings would be a channel between samples), new user
+# namespaces (clone/unshare with CLONE_NEWUSER; clone3 gives ENOSYS so libc falls back to clone),
+# setns, mounts, io_uring, bpf, perf events, userfaultfd, ptrace, other processes' memory, modules,
+# kexec, swap, reboot. Syscalls of another ABI (i386, x32) give ENOSYS. With the guard on, new
+# processes are refused too (fork, vfork, clone without CLONE_THREAD; threads stay allowed), so
+# RLIMIT_AS bounds the sample's whole memory.
+_SECCOMP_X86_64 = {
+    "arch": 0xC000003E,
+    "deny": (248, 249, 250,  # add_key, request_key, keyctl
+             321, 298, 323, 425, 426, 427,  # bpf, perf_event_open, userfaultfd, io_uring_*
+             101, 310, 311, 308,  # ptrace, process_vm_readv/writev, setns
+             165, 166, 155, 304, 428, 429, 430, 431, 432, 433, 442,  # mounts, open_by_handle_at
+             246, 320, 175, 313, 176, 167, 168, 169, 163, 103, 179),  # kexec, modules, swap, reboot, ...
+    "fork": (57, 58),  # fork, vfork
+    "clone3": 435,  # its flags are out of the filter's reach
+    "clone": 56,
+    "unshare": 272,
+    "x32": 0x40000000,
+}
+_CLONE_NEWUSER = 0x10000000
+_CLONE_THREAD = 0x00010000
+
+
+def _seccomp_program(spec: dict[str, Any], no_fork: bool) -> bytes:
+    """The classic-BPF program (``struct sock_filter[]``) of a spec like :data:`_SECCOMP_X86_64`."""
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    code: list[tuple[int, object, object, int]] = [
+        (ld, 0, 0, 4), (jeq, 1, 0, spec["arch"]), (ret, 0, 0, enosys),  # another ABI
+        (ld, 0, 0, 0), (jge, "ENOSYS", 0, spec["x32"]),
+        *((jeq, "DENY", 0, nr) for nr in spec["deny"] + (spec["fork"] if no_fork else ())),
+        (jeq, "ENOSYS", 0, spec["clone3"]), (jeq, "CLONE", 0, spec["clone"]), (jeq, "UNSHARE", 0, spec["unshare"]),
+        (ret, 0, 0, allow),
+    ]
+    labels = {"CLONE": len(code)}
+    code += [(ld, 0, 0, 16), (jset, "DENY", 0, _CLONE_NEWUSER)]  # args[0] (low word): the flags
+    code += [(jset, "ALLOW", "DENY", _CLONE_THREAD)] if no_fork else [(ret, 0, 0, allow)]
+    labels["UNSHARE"] = len(code)
+    code += [(ld, 0, 0, 16), (jset, "DENY", 0, _CLONE_NEWUSER)]
+    labels.update(ALLOW=len(code), DENY=len(code) + 1, ENOSYS=len(code) + 2)
+    code += [(ret, 0, 0, allow), (ret, 0, 0, eperm), (ret, 0, 0, enosys)]
+    out = b""
+    for i, (op, jt, jf, k) in enumerate(code):
+        jumps = [labels[j] - i - 1 if isinstance(j, str) else int(j) for j in (jt, jf)]  # type: ignore[call-overload]
+        out += struct.pack("<HBBI", op, jumps[0], jumps[1], k)
+    return out
+
+
+_SECCOMP_RUNNER = r"""
+def _dpad_seccomp(prog):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class _Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = _Prog(len(prog) // 8, ctypes.cast(buf, ctypes.c_char_p))
+    # PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP / SECCOMP_MODE_FILTER; without it the program still
+    # runs (the namespaces are the boundary), /proc/self/status then shows "Seccomp: 0"
+    if libc.prctl(38, 1, 0, 0, 0) == 0:
+        libc.prctl(22, 2, ctypes.byref(fprog), 0, 0)
+    for name in ("ctypes", "ctypes._endian"):
+        _sys.modules.pop(name, None)
+
+_dpad_seccomp(PROGRAM)
+del _dpad_seccomp
+"""
+
+
+def _seccomp_runner(no_fork: bool) -> str:
+    if platform.machine().lower() not in ("x86_64", "amd64") or not sys.platform.startswith("linux"):
+        return ""
+    return _SECCOMP_RUNNER.replace("PROGRAM", repr(_seccomp_program(_SECCOMP_X86_64, no_fork)))
 
 
 # --------------------------------------------------------------------------- mount plan
@@ -818,7 +901,7 @@ def _execute(code: str, variant: _Variant, *, timeout_s: float, memory_mb: int, 
         root = os.geteuid() == 0
         runs_as = _NOBODY if variant.layer != "none" and variant.privileged else os.getuid()
         drop = _DROP_ROOT if variant.layer == "bubblewrap" and variant.privileged else ""
-        runner_src = _RUNNER_HEAD + drop + (_GUARD if guard else "") + _RUNNER_MAIN
+        runner_src = _RUNNER_HEAD + drop + _seccomp_runner(guard) + (_GUARD if guard else "") + _RUNNER_MAIN
         runner = [sys.executable, "-I", "-B", "-c", runner_src, _SOLUTION_NAME]
         disk = max(1, max_file_mb) * 1024 * 1024
         sizes = (disk, 2 * disk)  # /tmp, the sample's directory
@@ -934,7 +1017,7 @@ def run_python(
     code: str,
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
-    max_procs: int = 4,
+    max_procs: int = 16,
     max_file_mb: int = 16,
     *,
     max_output_bytes: int = 1 << 16,
@@ -949,15 +1032,17 @@ def run_python(
         timeout_s: wall-clock limit enforced by the parent (the whole sandbox is killed);
             ``RLIMIT_CPU`` is set slightly above it as a backstop.
         memory_mb: address-space limit (``RLIMIT_AS``).
-        max_procs: extra processes/threads the program may create (``RLIMIT_NPROC``; the
-            kernel ignores it for root, which is why a root parent runs the program as nobody).
-            ``memory_mb`` applies per process, so about ``memory_mb * (1 + max_procs)`` bounds
-            the whole sample.
+        max_procs: extra threads (and, with ``guard=False``, processes) the program may create
+            (``RLIMIT_NPROC``; the kernel ignores it for root, which is why a root parent runs the
+            program as nobody). With the guard on, new processes are refused (also by seccomp),
+            so ``memory_mb`` bounds the whole sample; without it about
+            ``memory_mb * (1 + max_procs)`` does.
         max_file_mb: largest file the program may write (``RLIMIT_FSIZE``, also bounding the
             captured stdout/stderr); its private ``/tmp`` holds at most this much and its own
             directory twice this much.
         max_output_bytes: how much of stdout (its start) and of stderr (its end) is returned.
-        guard: install the Python guard preamble (defence in depth). Only tests turn it off.
+        guard: install the Python guard preamble and refuse new processes in the seccomp
+            filter (defence in depth). Only tests turn it off.
         isolation: force a layer (``"bubblewrap"``, ``"unshare"``, ``"none"``); default: the
             best one that works here (or ``$DPAD_SANDBOX``).
         allow_unsandboxed: run the code even when no OS isolation is used (``"none"``).
