@@ -306,6 +306,7 @@ def recorded_decode(lm: LoadedModel, prompt: Prompt, cfg: DecodeConfig,
     with AttentionRecorder(lm.model, block_length=cfg.block_length, keep_rows=keep_rows,
                            head_blocks=head_blocks) as rec:
         out = decode(lm.model, prompt.ids, cfg, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id,
+                     eot_id=lm.eot_token_id,
                      suffix_policy=policy)
     return out, rec.records
 

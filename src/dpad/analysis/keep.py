@@ -109,7 +109,8 @@ def analyze_keep(out: Path | str, window: int, sigma: float, scale: float, *, lm
     cfg = cfg.replace(suffix="gaussian", window=window, sigma=sigma, scale=scale)
     check_length(len(prompt.ids), cfg, lm.args.max_seq_len)
     t0 = time.perf_counter()
-    res = decode(lm.model, prompt.ids, cfg, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id)
+    res = decode(lm.model, prompt.ids, cfg, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id,
+                 eot_id=lm.eot_token_id)
     secs = time.perf_counter() - t0
     P, L = len(prompt.ids), len(prompt.ids) + cfg.gen_length
     ends = [P + (b + 1) * cfg.block_length for b in range(res.blocks_decoded)]
