@@ -90,8 +90,14 @@ def test_instruct_is_told_apart_from_base(dirs: dict[str, Path], instruct) -> No
     assert model_family(str(dirs["instruct"]), cfg) == "dream-instruct"
     assert model_family(str(dirs["base"]), cfg) == "dream-base"
     assert model_family(str(dirs["plain"]), cfg) == "dream-base"
-    # a base name given in config.json counts as well
-    assert not dpad.models.chat.is_chat_checkpoint(dirs["instruct"], {"_name_or_path": "Dream-org/Dream-v0-Base-7B"})
+    # a base name given in config.json counts as well; folders above the checkpoint do not
+    from dpad.models.chat import is_chat_checkpoint, names_base
+
+    assert not is_chat_checkpoint(dirs["instruct"], {"_name_or_path": "Dream-org/Dream-v0-Base-7B"})
+    assert names_base("/hub/models--Dream-org--Dream-v0-Base-7B/snapshots/0123abc")
+    assert not names_base("/hub/models--Dream-org--Dream-v0-Instruct-7B/snapshots/0123abc")
+    assert not names_base("/data/base_models/Dream-v0-Instruct-7B")
+    assert not names_base("/data/database-dream")
 
 
 def test_prompts_use_the_chat_format(dirs: dict[str, Path], instruct) -> None:  # noqa: ANN001

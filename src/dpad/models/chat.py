@@ -42,10 +42,15 @@ def chat_template_of(path: str | Path | None) -> str | None:
 
 
 def names_base(path: str | Path | None, config: dict[str, Any] | None = None) -> bool:
-    """The checkpoint's directory (hub cache folders included) or ``_name_or_path`` says ``base``."""
+    """The checkpoint's own directory name (for a hub cache snapshot: the repo id), or
+    ``_name_or_path`` in its config, says ``base`` as a word (``LLaDA-8B-Base``, ``Dream-v0-Base-7B``)."""
     names = [str(config.get("_name_or_path", "")) if config else ""]
     if path is not None:
-        names += [part.replace("models--", "").replace("--", "/") for part in Path(path).parts[-4:]]
+        parts = Path(path).parts
+        if len(parts) >= 3 and parts[-2] == "snapshots":  # hub cache: models--ORG--NAME/snapshots/<rev>
+            names.append(parts[-3].removeprefix("models--").replace("--", "/"))
+        elif parts:
+            names.append(parts[-1])  # the checkpoint's own directory, not the folders above it
     return any(_BASE.search(n) for n in names if n)
 
 
