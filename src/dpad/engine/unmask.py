@@ -33,6 +33,27 @@ def llada_schedule(n_masks: int, steps: int) -> list[int]:
     return [base + (1 if i < rem else 0) for i in range(steps)]
 
 
+def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Logits below the k-th largest of their row set to -inf (ties with the k-th are kept)."""
+    if k is None or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
+    """Nucleus filter: keep the most probable tokens up to cumulative probability p (the one that
+    crosses p included, the top-1 always); the rest set to -inf."""
+    if p is None or p >= 1.0:
+        return logits
+    sorted_l, order = torch.sort(logits, descending=True, dim=-1)
+    drop_sorted = sorted_l.softmax(-1).cumsum(-1) > p
+    drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
 class Proposer:
     """``banned``: token ids whose logits are -inf before the proposal (LLaDA's ``logits_eos_inf``:
     never proposed, and the probabilities renormalise without them). ``unconfident``: token ids
@@ -52,18 +73,7 @@ class Proposer:
         return logits.index_fill(-1, torch.tensor(ids, device=logits.device), NEG_INF)
 
     def _filter(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.top_k is not None and self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, NEG_INF)
-        if self.top_p is not None and self.top_p < 1.0:
-            sorted_l, order = torch.sort(logits, descending=True, dim=-1)
-            cum = sorted_l.softmax(-1).cumsum(-1)
-            drop_sorted = cum > self.top_p
-            drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
-            drop_sorted[..., 0] = False
-            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-            logits = logits.masked_fill(drop, NEG_INF)
-        return logits
+        return top_p_filter(top_k_filter(logits, self.top_k), self.top_p)
 
     def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [n, V], masked [n] -> (tokens [n], confidence [n]) in float64."""
@@ -90,24 +100,14 @@ class Proposer:
 
 
 class DreamProposer(Proposer):
-    """Dream's ``sample_tokens`` on the masked positions only: logits / T, top-p, then top-k;
+    """Dream's ``sample_tokens`` on the masked positions only: logits / T, top-p, then top-k (-inf
+    where Dream writes the dtype's minimum: the same probabilities);
     x0 drawn from the tempered softmax (``torch.multinomial`` on the renormalised probabilities,
     which is what ``Categorical.sample`` runs) or its argmax at T = 0; the confidence is computed
     on that tempered distribution. Unmasked positions get confidence -inf."""
 
     def _filter(self, logits: torch.Tensor) -> torch.Tensor:
-        low = torch.finfo(logits.dtype).min
-        if self.top_p is not None and self.top_p < 1:
-            sorted_l, order = torch.sort(logits, descending=True)
-            drop_sorted = torch.cumsum(torch.softmax(sorted_l, dim=-1), dim=-1) > self.top_p
-            drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
-            drop_sorted[..., 0] = False
-            drop = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, drop_sorted)
-            logits = logits.masked_fill(drop, low)
-        if self.top_k is not None:
-            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]))[0][..., -1, None]
-            logits = logits.masked_fill(logits < kth, low)
-        return logits
+        return top_k_filter(top_p_filter(logits, self.top_p), self.top_k)  # Dream's order
 
     def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [m, V] of the positions to decide -> (tokens [m], confidence [m])."""
@@ -126,7 +126,7 @@ class DreamProposer(Proposer):
             probs = torch.softmax(self._drop(logits, self.unconfident), dim=-1)
             conf = torch.gather(probs, -1, x0[:, None])[:, 0]
         if self.confidence == "topk_margin":
-            top2 = torch.sort(probs, dim=-1, descending=True).values
+            top2 = torch.topk(probs, 2, dim=-1).values
             conf = top2[:, 0] - top2[:, 1]
         elif self.confidence == "entropy":
             conf = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
