@@ -24,6 +24,11 @@ _HELP = {
     "schedule": "fixed schedule: auto, llada (even split) or dream (linear timesteps)",
     "threshold": "Fast-dLLM parallel decoding: commit every position with confidence >= this (top-1 always)",
     "factor": "Fast-dLLM factor rule (instead of --threshold)",
+    "entropy_bound": "EB-sampler gamma (nats): commit the confidence-ranked prefix while its summed entropy "
+                     "minus its largest entropy stays <= gamma (instead of --threshold)",
+    "dependency_distance": "D: with a parallel rule, never commit two positions within D of each other in one "
+                           "step unless both pass --dependency-threshold",
+    "dependency_threshold": "the stricter confidence bound of --dependency-distance (default: never)",
     "temperature": "sampling temperature (0 = greedy)",
     "top_p": "nucleus filter before sampling",
     "top_k": "top-k filter before sampling",

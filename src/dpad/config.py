@@ -37,7 +37,11 @@ class DecodeConfig:
     Unmasking: ``confidence`` picks the score; ``threshold`` (Fast-dLLM: top-1 always plus every
       other position with confidence >= threshold) or ``factor`` replace the fixed schedule;
       otherwise ``steps`` spread over the blocks with the ``schedule`` (``llada`` even split,
-      ``dream`` linear timesteps; ``auto`` picks by model family).
+      ``dream`` linear timesteps; ``auto`` picks by model family). ``entropy_bound`` (gamma) is the
+      EB-sampler: commit the longest prefix of the confidence ranking whose summed entropy minus
+      its largest entropy is <= gamma. ``dependency_distance`` (D) guards any of these parallel
+      rules: no two positions within D of each other are committed in one step unless both have
+      confidence >= ``dependency_threshold`` (unset: never).
     End tokens (LLaDA's sampler options, its paper's Appendix B.4): ``logits_eos_inf`` sets the EOS
       logit to -inf before the proposal (EOS is never proposed); ``confidence_eos_eot_inf`` removes
       EOS and EoT (end of turn, where the model has one) from the distribution the confidence is
@@ -52,6 +56,9 @@ class DecodeConfig:
     schedule: str = "auto"
     threshold: float | None = None
     factor: float | None = None
+    entropy_bound: float | None = None
+    dependency_distance: int | None = None
+    dependency_threshold: float | None = None
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
@@ -83,8 +90,8 @@ class DecodeConfig:
             return isinstance(v, int) and not isinstance(v, bool)
 
         # numbers given as text (e.g. from a query string) are converted; anything else is an error
-        for name in ("threshold", "factor", "temperature", "top_p", "alg_temp", "cfg_scale", "eps", "sigma",
-                     "scale"):
+        for name in ("threshold", "factor", "entropy_bound", "dependency_threshold", "temperature", "top_p",
+                     "alg_temp", "cfg_scale", "eps", "sigma", "scale"):
             v = getattr(self, name)
             if v is None or isinstance(v, bool):
                 if isinstance(v, bool):
@@ -127,8 +134,24 @@ class DecodeConfig:
             bad("factor", "must be > 0")
         if self.threshold is not None and self.factor is not None:
             bad("factor", "threshold and factor are exclusive: set only one")
-        if self.confidence == "origin" and (self.threshold is not None or self.factor is not None):
-            bad("confidence", "'origin' reveals positions at random and cannot be combined with threshold/factor")
+        if self.entropy_bound is not None:
+            if not self.entropy_bound >= 0:
+                bad("entropy_bound", "(gamma, in nats) must be >= 0")
+            if self.threshold is not None or self.factor is not None:
+                bad("entropy_bound", "threshold, factor and entropy_bound are exclusive: set only one")
+        if self.dependency_distance is not None:
+            if not is_int(self.dependency_distance) or not 1 <= self.dependency_distance <= MAX_LENGTH:
+                bad("dependency_distance", f"must be an integer in [1, {MAX_LENGTH}]")
+            if not self.parallel:
+                bad("dependency_distance", "guards a parallel rule: also set threshold, factor or entropy_bound")
+        if self.dependency_threshold is not None:
+            if not (0.0 < self.dependency_threshold <= 1.0):
+                bad("dependency_threshold", "must be in (0, 1]")
+            if self.dependency_distance is None:
+                bad("dependency_threshold", "only applies with dependency_distance (D >= 1)")
+        if self.confidence == "origin" and self.parallel:
+            bad("confidence", "'origin' reveals positions at random and cannot be combined with "
+                              "threshold/factor/entropy_bound")
         if not 0 <= self.temperature <= MAX_TEMPERATURE:
             bad("temperature", f"must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy)")
         if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
@@ -171,6 +194,11 @@ class DecodeConfig:
 
     # ------------------------------------------------------------------ helpers
     @property
+    def parallel(self) -> bool:
+        """Whether a parallel rule (threshold, factor or entropy_bound) decides how many to commit."""
+        return self.threshold is not None or self.factor is not None or self.entropy_bound is not None
+
+    @property
     def num_blocks(self) -> int:
         return self.gen_length // self.block_length
 
@@ -199,7 +227,7 @@ class DecodeConfig:
         dpad = self.suffix != "full"
         if self.early_termination and not dpad:
             parts.append("et")
-        if self.threshold is not None or self.factor is not None:
+        if self.parallel:
             parts.append("parallel")
         if self.cache != "none":
             parts.append(self.cache)

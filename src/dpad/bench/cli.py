@@ -7,8 +7,29 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import add_decode_args, add_model_args
+from ..errors import ConfigError
 from ..eval.methods import EMBEDDED_DEFAULTS
 from .ladder import DEFAULT_GEN_LENGTHS, DEFAULT_METHODS
+
+
+def cmd_frontier(ns: argparse.Namespace, task_options: dict[str, Any]) -> int:
+    from ..eval.cli import decode_overrides
+    from ..eval.env import command_from_namespace
+    from .frontier import DEFAULT_SWEEP, FrontierSettings, parse_sweep, run_frontier, text_table
+
+    overrides = decode_overrides(ns)
+    sweep = parse_sweep(ns.sweep) if ns.sweep else {k: list(v) for k, v in DEFAULT_SWEEP.items()}
+    settings = FrontierSettings(
+        sweep=sweep, base_method=ns.base_method, n=300 if ns.n is None else ns.n, batch_size=ns.batch_size,
+        vanilla=not ns.no_vanilla, vanilla_n=ns.vanilla_n, task=ns.task, task_options=task_options, model=ns.model,
+        device=ns.device, dtype=ns.dtype, threads=ns.threads, overrides=overrides,
+        guard_base={"threshold": ns.guard_threshold, "dependency_distance": ns.guard_distance})
+    result = run_frontier(settings, ns.out or "benchmarks/results/frontier", resume=ns.resume,
+                          overwrite=ns.overwrite, progress=not ns.no_progress, plot=not ns.no_plot,
+                          only=ns.only, command=command_from_namespace(ns._parser, ns, "dpad bench"))
+    print(text_table(result))
+    print("files: " + ", ".join(v for v in result["files"].values() if Path(v).exists()))
+    return 0
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
@@ -16,17 +37,22 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     from .ladder import LadderSettings, run_ladder, text_table
 
     task_options: dict[str, Any] = {k: v for k, v in {
-        "data": ns.data, "train_data": ns.train_data, "num_fewshot": ns.num_fewshot, "chat": ns.chat}.items()
-        if v is not None}
+        "data": ns.data, "train_data": ns.train_data, "num_fewshot": ns.num_fewshot, "chat": ns.chat,
+        "problem_seed": ns.problem_seed}.items() if v is not None}
+    if ns.problem_seed is not None and ns.task != "arith":
+        raise ConfigError(f"--problem-seed is an arith option (the task is {ns.task!r})")
+    if ns.frontier:
+        return cmd_frontier(ns, task_options)
     settings = LadderSettings(
-        methods=list(ns.methods), gen_lengths=list(ns.gen_lengths), n=ns.n, accuracy_n=ns.accuracy_n,
+        methods=list(ns.methods), gen_lengths=list(ns.gen_lengths), n=10 if ns.n is None else ns.n,
+        accuracy_n=ns.accuracy_n,
         accuracy_baseline_gen=ns.accuracy_baseline_gen,
         accuracy_methods=list(ns.accuracy_methods) if ns.accuracy_methods else None,
         accuracy_batch_size=ns.accuracy_batch_size, task=ns.task, task_options=task_options, model=ns.model,
         revision=ns.revision, device=ns.device, dtype=ns.dtype, threads=ns.threads, preset=ns.preset, overrides=decode_overrides(ns))
     from ..eval.env import command_from_namespace
 
-    result = run_ladder(settings, ns.out, resume=ns.resume, overwrite=ns.overwrite, progress=not ns.no_progress,
+    result = run_ladder(settings, ns.out or "benchmarks/results/ladder", resume=ns.resume, overwrite=ns.overwrite, progress=not ns.no_progress,
                         plot=not ns.no_plot, command=command_from_namespace(ns._parser, ns, "dpad bench"))
     print(text_table(result))
     for t in result["targets"]:
@@ -51,7 +77,8 @@ def register(sub: Any) -> None:
                    help=f"methods (default: {' '.join(DEFAULT_METHODS)})")
     p.add_argument("--gen-lengths", nargs="+", type=int, default=list(DEFAULT_GEN_LENGTHS), metavar="L",
                    help="gen lengths (default: 256 512 1024 2048)")
-    p.add_argument("--n", type=int, default=10, help="problems timed per gen length (default 10)")
+    p.add_argument("--n", type=int, default=None,
+                   help="problems timed per gen length (default 10); with --frontier: problems per point (default 300)")
     p.add_argument("--accuracy-n", type=int, default=0,
                    help="problems for the accuracy runs (default 0: accuracy from the speed problems only)")
     p.add_argument("--accuracy-baseline-gen", type=int, default=256,
@@ -66,9 +93,31 @@ def register(sub: Any) -> None:
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (task default)")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the chat template (default: when the tokenizer has one)")
-    p.add_argument("--out", default="benchmarks/results/ladder",
+    p.add_argument("--problem-seed", type=int, default=None,
+                   help="arith: seed of the test-split generator (default 0; another seed = another held-out set)")
+    p.add_argument("--out", default=None,
                    help="output prefix: OUT.json, OUT.md, OUT.png, OUT.records.jsonl "
-                        "(default: benchmarks/results/ladder)")
+                        "(default: benchmarks/results/ladder, or benchmarks/results/frontier with --frontier)")
+    f = p.add_argument_group("frontier (--frontier)")
+    f.add_argument("--frontier", action="store_true",
+                   help="the accuracy-speed frontier instead of the ladder: every parallel rule over a sweep of its "
+                        "knob on --base-method, same problems for every point, vanilla as a point")
+    f.add_argument("--sweep", nargs="+", default=None, metavar="RULE=V,V",
+                   help="rules and knob values (default: threshold=0.9,0.95,0.99,0.999 factor=1,0.25,0.05 "
+                        "eb=0.3,0.1,0.03,0.01 guard=0.95,0.99,never); rules: threshold, factor, eb (entropy bound, "
+                        "nats), guard (dependency guard's strict bound on --guard-threshold)")
+    f.add_argument("--base-method", default="parallel+prefix+dpad",
+                   help="method every rule runs on (default parallel+prefix+dpad)")
+    f.add_argument("--guard-threshold", type=float, default=0.9, help="guard: the base threshold (default 0.9)")
+    f.add_argument("--guard-distance", type=int, default=1, help="guard: the distance D (default 1)")
+    f.add_argument("--batch-size", type=int, default=32, help="rows per generate call (default 32)")
+    f.add_argument("--vanilla-n", type=int, default=8,
+                   help="problems on which vanilla itself runs (its latency; its outputs checked against et's; "
+                        "default 8)")
+    f.add_argument("--no-vanilla", action="store_true", help="skip the vanilla point")
+    f.add_argument("--only", nargs="+", default=None, metavar="POINT",
+                   help="run only these points (e.g. eb=0.1 vanilla vanilla-direct): several processes may share "
+                        "one OUT; a final --resume run writes the full result")
     p.add_argument("--resume", action="store_true", help="continue the run recorded in OUT.records.jsonl")
     p.add_argument("--overwrite", action="store_true", help="discard an existing OUT.records.jsonl")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_ladder"]
+__all__ = ["plot_frontier", "plot_ladder"]
 
 
 def plot_ladder(result: dict[str, Any], path: str | Path) -> Path | None:
@@ -50,6 +50,62 @@ def plot_ladder(result: dict[str, Any], path: str | Path) -> Path | None:
     ax.margins(y=0.15)
     fig.text(0.01, 0.01, "dpad implies early termination", fontsize=7, color="grey")
     fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def plot_frontier(result: dict[str, Any], path: str | Path) -> Path | None:
+    """Accuracy vs NFE per sample and vs latency: one curve per rule (knob values annotated),
+    vanilla as a star, the vanilla - 1 point line dashed, the selected point circled."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in result.get("rows", []) if r.get("accuracy") is not None]
+    if not rows:
+        return None
+    vanilla = next((r for r in rows if r["rule"] == "vanilla"), None)
+    rules = list(dict.fromkeys(r["rule"] for r in rows if r["rule"] != "vanilla"))
+    cmap = plt.get_cmap("tab10")
+    sel = (result.get("selected") or {}).get("point")
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.0))
+    for ax, key, xlabel in ((axes[0], "nfe", "NFE per sample (log)"),
+                            (axes[1], "latency_s", "latency per sample, s (batched wall time / rows; log)")):
+        for j, rule in enumerate(rules):
+            pts = sorted((r for r in rows if r["rule"] == rule and r.get(key)), key=lambda r: r[key])
+            if not pts:
+                continue
+            xs, ys = [r[key] for r in pts], [100 * r["accuracy"] for r in pts]
+            ax.plot(xs, ys, "-o", color=cmap(j), label=rule, ms=4, lw=1.2)
+            for r, x, y in zip(pts, xs, ys, strict=True):
+                v = r["value"]
+                ax.annotate(f"{v:g}" if isinstance(v, float) else str(v), (x, y), fontsize=6, color=cmap(j),
+                            xytext=(3, 3), textcoords="offset points")
+                if r["point"] == sel:
+                    ax.plot([x], [y], "o", ms=11, mfc="none", mec="black", mew=1.2,
+                            label=f"selected: {sel}")
+        if vanilla is not None and vanilla.get(key):
+            ax.plot([vanilla[key]], [100 * vanilla["accuracy"]], "*", ms=13, color="black", label="vanilla")
+        if vanilla is not None:
+            ax.axhline(100 * vanilla["accuracy"] - 1.0, color="grey", lw=0.8, ls="--", label="vanilla - 1 pt")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.25, which="both")
+    axes[0].legend(fontsize=7, loc="lower right", frameon=False)
+    s = result.get("settings", {})
+    env = result.get("env", {})
+    fig.suptitle(f"{result.get('model', '')} on {result.get('task', '')} {s.get('task_options') or ''}: "
+                 f"rules on {s.get('base_method', '')}, n={s.get('n')} (same problems), "
+                 f"{env.get('device', '')}, {env.get('threads', '')} threads", fontsize=10)
+    fig.text(0.01, 0.01, "dpad implies early termination; vanilla's accuracy measured through et "
+             "(identical responses), its NFE = gen_length", fontsize=7, color="grey")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     path = Path(path)
     fig.savefig(path, dpi=150)
     plt.close(fig)

@@ -11,7 +11,10 @@ Two separable questions, answered in float64 on the block's logits only:
    ``topk_margin`` (top-1 minus top-2 probability), ``entropy`` (negative entropy),
    ``random`` (uniform), ``origin`` (Dream: each mask revealed with probability 1 - s/t).
 2. *How many* — ``Threshold`` (Fast-dLLM: the most confident always, every other one with
-   confidence >= tau), ``Factor`` (accept the n-th while c_n >= 1 - f/(n+1)), or a fixed
+   confidence >= tau), ``Factor`` (accept the n-th while c_n >= 1 - f/(n+1)),
+   ``EntropyBounded`` (EB-sampler: the longest prefix of the confidence ranking whose summed
+   entropy minus its largest entropy is <= gamma), each optionally under a ``DependencyGuard``
+   (no two positions within distance D in one step unless both pass a stricter bound), or a fixed
    schedule: ``llada`` (the block's masks spread evenly over its steps, remainder first) or
    ``dream`` (linear timesteps 1 -> eps: int(m * (1 - s/t)) at each step, all at the last).
 
@@ -75,6 +78,11 @@ class Proposer:
     def _filter(self, logits: torch.Tensor) -> torch.Tensor:
         return top_p_filter(top_k_filter(logits, self.top_k), self.top_p)
 
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [n, V] -> the entropy (nats, float64) of each position's proposal distribution."""
+        p = torch.softmax(self._filter(self._drop(logits.to(torch.float64), self.banned)), dim=-1)
+        return torch.special.entr(p).sum(-1)
+
     def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [n, V], masked [n] -> (tokens [n], confidence [n]) in float64."""
         logits = self._filter(self._drop(logits.to(torch.float64), self.banned))
@@ -109,6 +117,13 @@ class DreamProposer(Proposer):
     def _filter(self, logits: torch.Tensor) -> torch.Tensor:
         return top_k_filter(top_p_filter(logits, self.top_p), self.top_k)  # Dream's order
 
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [n, V] -> the entropy (nats, float64) of each position's tempered, filtered distribution."""
+        logits = self._drop(logits.to(torch.float64), self.banned)
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        return torch.special.entr(torch.softmax(self._filter(logits), dim=-1)).sum(-1)
+
     def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [m, V] of the positions to decide -> (tokens [m], confidence [m])."""
         logits = self._drop(logits.to(torch.float64), self.banned)
@@ -142,7 +157,10 @@ class DreamProposer(Proposer):
 
 
 class CountRule:
-    """Decides which masked positions to commit from their confidences."""
+    """Decides which masked positions to commit from their confidences (and, for rules that set
+    ``needs_entropy``, the entropy of each position's proposal distribution)."""
+
+    needs_entropy = False
 
     def start_block(self, n_masks: int) -> None:
         pass
@@ -156,12 +174,16 @@ class CountRule:
         """Propose, then select on the confidences laid out on the canvas (``layout``: positions
         before and after the block) -> (commit mask [n], tokens [n])."""
         x0, conf = proposer(logits, masked)
+        ent = proposer.entropy(logits) if self.needs_entropy else None
         before, after = layout
         n = len(masked)
         if before or after:
             conf = torch.cat([conf.new_full((before,), NEG_INF), conf, conf.new_full((after,), NEG_INF)])
             masked = torch.cat([masked.new_zeros(before), masked, masked.new_zeros(after)])
-        return self.select(conf, masked, step)[before:before + n], x0
+            if ent is not None:
+                ent = torch.cat([ent.new_zeros(before), ent, ent.new_zeros(after)])
+        chosen = self.select(conf, masked, step, ent) if ent is not None else self.select(conf, masked, step)
+        return chosen[before:before + n], x0
 
 
 class RankedRule(CountRule):
@@ -172,13 +194,19 @@ class RankedRule(CountRule):
         """ranked confidences [m] (descending) -> bool [m] of the ranks to commit."""
         raise NotImplementedError
 
-    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+    def accept_ranked(self, ranked: torch.Tensor, positions: torch.Tensor,
+                      entropy: torch.Tensor | None) -> torch.Tensor:
+        """Like :meth:`accept`, also given the positions and (``needs_entropy``) entropies of the ranks."""
+        return self.accept(ranked)
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor, step: int,
+               entropy: torch.Tensor | None = None) -> torch.Tensor:
         out = torch.zeros_like(masked)
         n = int(masked.sum())
         if n == 0:
             return out
         vals, idx = torch.topk(torch.where(masked, conf, torch.full_like(conf, NEG_INF)), n)
-        ok = self.accept(vals)
+        ok = self.accept_ranked(vals, idx, None if entropy is None else entropy[idx])
         ok[0] = True
         out[idx[ok]] = True
         return out
@@ -205,6 +233,52 @@ class Factor(RankedRule):
         ok = ranked >= 1 - self.f / (n + 1)
         ok[0] = True
         return torch.cumprod(ok.to(torch.int64), 0).bool()
+
+
+class EntropyBounded(RankedRule):
+    """EB-sampler (Ben-Hamu et al. 2025, "Accelerated Sampling from Masked Diffusion Models via
+    Entropy Bounded Unmasking"): rank the masked positions by the error proxy (the configured
+    confidence: ``entropy`` ranks by entropy, ``low_confidence`` by probability) and commit the
+    largest prefix U of the ranking with ``sum(H(U)) - max(H(U)) <= gamma`` (at least one)."""
+
+    needs_entropy = True
+
+    def __init__(self, gamma: float) -> None:
+        self.gamma = gamma
+
+    def accept_ranked(self, ranked: torch.Tensor, positions: torch.Tensor,
+                      entropy: torch.Tensor | None) -> torch.Tensor:
+        assert entropy is not None
+        bound = torch.cumsum(entropy, 0) - torch.cummax(entropy, 0).values
+        ok = bound <= self.gamma
+        ok[0] = True
+        return torch.cumprod(ok.to(torch.int64), 0).bool()
+
+
+class DependencyGuard(RankedRule):
+    """Wraps a ranked rule: of the positions it accepts, walked in rank order, a position is
+    dropped when a position already kept in this step lies within ``distance`` of it, unless
+    both have confidence >= ``strict``. Neighbouring tokens (the digits of one number) are then
+    not committed together from their independent marginals unless both are nearly certain."""
+
+    def __init__(self, base: RankedRule, distance: int, strict: float) -> None:
+        self.base, self.distance, self.strict = base, distance, strict
+        self.needs_entropy = base.needs_entropy
+
+    def accept_ranked(self, ranked: torch.Tensor, positions: torch.Tensor,
+                      entropy: torch.Tensor | None) -> torch.Tensor:
+        ok = self.base.accept_ranked(ranked, positions, entropy)
+        ok[0] = True
+        pos, sure = positions.tolist(), (ranked >= self.strict).tolist()
+        kept: list[int] = []
+        for r in range(len(pos)):
+            if not ok[r]:
+                continue
+            if any(abs(pos[r] - pos[k]) <= self.distance and not (sure[r] and sure[k]) for k in kept):
+                ok[r] = False
+            else:
+                kept.append(r)
+        return ok
 
 
 class TopK(CountRule):
@@ -282,10 +356,18 @@ class Unmasker:
         self.proposer = proposer(cfg.confidence, cfg.temperature, cfg.top_p, cfg.top_k, gen, banned, unconfident)
         self.layout = (0, 0)
         kind = cfg.schedule if cfg.schedule != "auto" else ("dream" if family == "dream" else "llada")
+        ranked: RankedRule | None = None
         if cfg.threshold is not None:
-            self.rule: CountRule = Threshold(cfg.threshold)
+            ranked = Threshold(cfg.threshold)
         elif cfg.factor is not None:
-            self.rule = Factor(cfg.factor)
+            ranked = Factor(cfg.factor)
+        elif cfg.entropy_bound is not None:
+            ranked = EntropyBounded(cfg.entropy_bound)
+        if ranked is not None and cfg.dependency_distance is not None:
+            strict = float("inf") if cfg.dependency_threshold is None else cfg.dependency_threshold
+            ranked = DependencyGuard(ranked, cfg.dependency_distance, strict)
+        if ranked is not None:
+            self.rule: CountRule = ranked
         elif cfg.confidence == "origin":
             self.rule = Origin("dream", cfg.steps_per_block, cfg.eps, 0.0, gen)
         else:

@@ -122,6 +122,17 @@ class ArithTask(Task):
     primary = "strict"
     default_n = 500
 
+    def __init__(self, *, problem_seed: int = 0, **options: Any) -> None:
+        """``problem_seed``: seed of the test-split generator (0: the default problems; another seed
+        gives another held-out set of the same split)."""
+        super().__init__(**options)
+        if isinstance(problem_seed, bool) or not isinstance(problem_seed, int) or problem_seed < 0:
+            raise ConfigError(f"problem_seed={problem_seed!r} is invalid: must be an integer >= 0")
+        self.problem_seed = problem_seed
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "problem_seed": self.problem_seed}
+
     def _shots_rows(self) -> list[dict[str, Any]]:
         from ..synthetic import arith
 
@@ -131,12 +142,13 @@ class ArithTask(Task):
     def _load(self, limit: int | None) -> list[Sample]:
         from ..synthetic import arith
 
-        problems = arith.generate("test", self.default_n if limit is None else limit, seed=0)
+        problems = arith.generate("test", self.default_n if limit is None else limit, seed=self.problem_seed)
         shots = self._shots_rows() if self.effective_fewshot else []
         out = []
         for i, p in enumerate(problems):
             prompt = ds.gsm8k_fewshot_prompt(p.question, shots) if shots else p.question
-            out.append(Sample(i, f"arith/test/{i}", prompt, f"#### {p.answer}",
+            sid = f"arith/test/{i}" if self.problem_seed == 0 else f"arith/test-seed{self.problem_seed}/{i}"
+            out.append(Sample(i, sid, prompt, f"#### {p.answer}",
                               {"question": p.question, "solution": p.solution, "answer": p.answer}))
         return out
 

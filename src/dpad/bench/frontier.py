@@ -1,0 +1,391 @@
+"""The accuracy-speed frontier: every parallel-unmasking rule over a sweep of its knob, on the
+same problems, on one base method (``parallel+prefix+dpad`` by default), with vanilla as a point.
+
+A *point* is a rule and a knob value:
+
+* ``threshold=T``: Fast-dLLM's confidence threshold;
+* ``factor=F``: Fast-dLLM's factor rule;
+* ``eb=G``: EB-sampler with entropy bound gamma = G nats;
+* ``guard=S``: the dependency guard on threshold ``guard_base['threshold']``: no two positions
+  within ``guard_base['dependency_distance']`` of each other in one step unless both have
+  confidence >= S (``guard=never``: never).
+
+Every point decodes the same ``n`` problems in the same fixed batches of ``batch_size`` rows
+(accuracy, NFE per sample and response tokens do not depend on the batching: the loop is batch
+invariant); latency is the batch's wall time divided by its rows, so it compares points measured
+alike in one run, not batch-1 latency.
+
+Vanilla (one token per step, full suffix, no cache) costs ``gen_length`` forwards per problem. Its
+accuracy is measured through early termination (``et``), which decodes exactly vanilla's response
+tokens (the blocks after the one holding the first EOS cannot change the response; checked by a
+test and again here: vanilla itself runs on the first ``vanilla_n`` problems and the JSON counts
+how many of its outputs equal et's). Vanilla's NFE is exactly ``gen_length`` (also measured on that
+subset), its latency is measured on that subset.
+
+Each finished batch appends its records to ``PREFIX.records.jsonl`` and rewrites ``PREFIX.json`` /
+``PREFIX.md``; ``--resume`` skips finished batches. The PNG is drawn at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .ladder import _f, _read_records
+
+__all__ = ["DEFAULT_SWEEP", "RULES", "FrontierSettings", "build_result", "markdown", "parse_sweep", "run_frontier",
+           "text_table"]
+
+RULES: dict[str, str] = {"threshold": "threshold", "factor": "factor", "eb": "entropy_bound",
+                         "guard": "dependency_threshold"}
+"""Rule name -> the DecodeConfig field its knob sets."""
+
+DEFAULT_SWEEP: dict[str, list[Any]] = {
+    "threshold": [0.9, 0.95, 0.99, 0.999],
+    "factor": [1.0, 0.25, 0.05],
+    "eb": [0.3, 0.1, 0.03, 0.01],
+    "guard": [0.95, 0.99, "never"],
+}
+_RULE_FIELDS = ("threshold", "factor", "entropy_bound", "dependency_distance", "dependency_threshold")
+
+
+def parse_sweep(specs: Sequence[str]) -> dict[str, list[Any]]:
+    """``["threshold=0.9,0.99", "eb=0.1"]`` -> ``{"threshold": [0.9, 0.99], "eb": [0.1]}``."""
+    out: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, sep, vals = str(spec).partition("=")
+        name = name.strip().lower()
+        if not sep or name not in RULES or not vals.strip():
+            raise ConfigError(f"--sweep {spec!r} is invalid: use RULE=V1,V2,... with RULE one of "
+                              f"{', '.join(RULES)} (e.g. eb=0.1,0.01)")
+        for v in vals.split(","):
+            v = v.strip()
+            if name == "guard" and v == "never":
+                out.setdefault(name, []).append("never")
+                continue
+            try:
+                out.setdefault(name, []).append(float(v))
+            except ValueError as e:
+                raise ConfigError(f"--sweep {spec!r}: {v!r} is not a number") from e
+    return out
+
+
+@dataclass
+class FrontierSettings:
+    """What a frontier run measures; stored in the JSON and checked by ``--resume``."""
+
+    sweep: dict[str, list[Any]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SWEEP.items()})
+    base_method: str = "parallel+prefix+dpad"
+    guard_base: dict[str, Any] = field(default_factory=lambda: {"threshold": 0.9, "dependency_distance": 1})
+    n: int = 300
+    batch_size: int = 32
+    vanilla: bool = True
+    vanilla_n: int = 32
+    task: str = "arith"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    threads: int = 2
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    RESUME_KEYS = ("base_method", "guard_base", "n", "batch_size", "task", "task_options", "model", "dtype",
+                   "overrides")
+
+    def validate(self) -> None:
+        from ..eval.methods import canonical_method
+
+        self.base_method = canonical_method(self.base_method)
+        if self.n < 1 or self.batch_size < 1:
+            raise ConfigError("--n and --batch-size must be >= 1")
+        if not 0 <= self.vanilla_n <= self.n:
+            raise ConfigError(f"--vanilla-n {self.vanilla_n} is invalid: must be in [0, --n={self.n}]")
+        unknown = sorted(set(self.sweep) - set(RULES))
+        if unknown:
+            raise ConfigError(f"unknown rule(s) {', '.join(unknown)}; rules are {', '.join(RULES)}")
+        if not any(self.sweep.values()) and not self.vanilla:
+            raise ConfigError("nothing to do: empty sweep and no vanilla")
+        if "gen_length" in self.overrides and not isinstance(self.overrides["gen_length"], int):
+            raise ConfigError("--gen-length must be an integer")
+        bad = sorted(set(self.overrides) & set(_RULE_FIELDS))
+        if bad:
+            raise ConfigError(f"{', '.join(bad)} is set by the sweep: use --sweep instead")
+
+    def points(self) -> list[tuple[str, str, Any, dict[str, Any]]]:
+        """[(label, rule, value, rule fields)] in sweep order."""
+        out = []
+        for rule, values in self.sweep.items():
+            for v in values:
+                fields_: dict[str, Any] = dict.fromkeys(_RULE_FIELDS)
+                if rule == "guard":
+                    fields_.update(self.guard_base)
+                    fields_["dependency_threshold"] = None if v == "never" else float(v)
+                else:
+                    fields_[RULES[rule]] = float(v)
+                out.append((f"{rule}={v:g}" if isinstance(v, float) else f"{rule}={v}", rule, v, fields_))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return float(sum(xs) / len(xs)) if xs else None
+
+
+def _row(label: str, rule: str, value: Any, recs: Sequence[dict[str, Any]], base: dict[int, bool]) -> dict[str, Any]:
+    lat = [float(r["latency_s"]) for r in recs]
+    toks = [int(r["response_tokens"]) for r in recs]
+    row: dict[str, Any] = {"point": label, "rule": rule, "value": value, "method": recs[0]["method"],
+                           "n": len(recs), "accuracy": _mean([float(r["correct"]) for r in recs]),
+                           "nfe": _mean([int(r["nfe"]) for r in recs]), "latency_s": _mean(lat),
+                           "tok_s": sum(toks) / sum(lat) if sum(lat) > 0 else None, "response_tokens": _mean(toks)}
+    same = [r for r in recs if int(r["index"]) in base]
+    if same:
+        mine = sum(float(r["correct"]) for r in same) / len(same)
+        theirs = sum(float(base[int(r["index"])]) for r in same) / len(same)
+        row["accuracy_delta_points"] = 100.0 * (mine - theirs)
+        row["delta_n"] = len(same)
+    return row
+
+
+def build_result(settings: FrontierSettings, records: Sequence[dict[str, Any]], *, env: dict[str, Any],
+                 command: str, configs: dict[str, Any], complete: bool) -> dict[str, Any]:
+    """Aggregate the per-problem records into the results-format JSON (kind ``frontier``)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault(r["point"], []).append(r)
+    et = by.get("vanilla", [])
+    base = {int(r["index"]): bool(r["correct"]) for r in et}
+    gen = int(settings.overrides.get("gen_length", 256))
+    rows: list[dict[str, Any]] = []
+    vanilla_row: dict[str, Any] | None = None
+    if et:
+        vanilla_row = _row("vanilla", "vanilla", None, et, base)
+        direct = by.get("vanilla-direct", [])
+        et_by = {int(r["index"]): r for r in et}
+        vanilla_row.update(method="vanilla", accuracy_measured_as="et", et_nfe=vanilla_row["nfe"],
+                           et_latency_s=vanilla_row["latency_s"], nfe=float(gen), nfe_source="exact (gen_length)",
+                           latency_s=None, tok_s=None, direct_n=len(direct))
+        if direct:
+            vanilla_row.update(
+                latency_s=_mean([float(r["latency_s"]) for r in direct]),
+                direct_nfe=_mean([int(r["nfe"]) for r in direct]),
+                direct_accuracy=_mean([float(r["correct"]) for r in direct]),
+                direct_identical_to_et=sum(1 for r in direct if int(r["index"]) in et_by
+                                           and r["output"] == et_by[int(r["index"])]["output"]),
+                latency_source=f"vanilla itself on the first {len(direct)} problems")
+        rows.append(vanilla_row)
+    for label, rule, value, _ in settings.points():
+        if by.get(label):
+            rows.append(_row(label, rule, value, by[label], base))
+
+    selected = None
+    full = [r for r in rows if r["rule"] != "vanilla" and r["n"] == settings.n]
+    if vanilla_row is not None and vanilla_row["n"] == settings.n:
+        ok = [r for r in full if r.get("accuracy_delta_points") is not None and r["accuracy_delta_points"] >= -1.0]
+        if ok:
+            best = min(ok, key=lambda r: (r["nfe"], -r["accuracy"]))
+            selected = {"point": best["point"], "rule": best["rule"], "value": best["value"],
+                        "accuracy": best["accuracy"], "nfe": best["nfe"], "latency_s": best["latency_s"],
+                        "accuracy_delta_points": best["accuracy_delta_points"],
+                        "criterion": "fewest NFE/sample with accuracy >= vanilla - 1 point on the same problems"}
+            t09 = next((r for r in full if r["point"] == "threshold=0.9"), None)
+            if t09:
+                selected["nfe_vs_threshold0.9"] = best["nfe"] / t09["nfe"]
+    return {
+        "kind": "frontier", "complete": complete, "env": env, "model": settings.model or "embedded",
+        "task": settings.task, "command": command,
+        "caption": (f"Every rule on {settings.base_method} (dpad implies early termination) over a sweep of its knob, "
+                    f"same {settings.n} problems for every point, batches of {settings.batch_size} rows; latency = "
+                    "batch wall time / rows. Vanilla's accuracy is measured through et (identical responses), its "
+                    "NFE is gen_length (exact) and its latency is vanilla's own on a subset."),
+        "settings": settings.to_dict(), "configs": configs, "rows": rows, "selected": selected,
+    }
+
+
+_HEAD = ["point", "method", "n", "accuracy (%)", "Δacc vs vanilla (pts)", "NFE/sample", "latency (s)", "tok/s"]
+
+
+def _cells(r: dict[str, Any]) -> list[str]:
+    acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}"
+    d = "-" if r.get("accuracy_delta_points") is None else f"{r['accuracy_delta_points']:+.1f}"
+    label = r["point"] + (" (accuracy via et)" if r["rule"] == "vanilla" else "")
+    return [label, r["method"], str(r["n"]), acc, d, _f(r.get("nfe"), ".2f"), _f(r.get("latency_s"), ".3f"),
+            _f(r.get("tok_s"), ".1f")]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    env, s = result["env"], result["settings"]
+    lines = [f"### Accuracy-speed frontier: {result['model']} on {result['task']} "
+             f"({json.dumps(s['task_options']) if s['task_options'] else 'default problems'})", "",
+             f"{env.get('device')} ({env.get('cpu')}), {env.get('threads')} threads, {env.get('dtype')}, "
+             f"torch {env.get('torch')}, git {env.get('git')}. " + result["caption"]
+             + ("" if result.get("complete") else " **Partial result (run not finished).**"), "",
+             "| " + " | ".join(_HEAD) + " |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["rows"]]
+    v = next((r for r in result["rows"] if r["rule"] == "vanilla"), None)
+    if v:
+        lines += ["", f"Vanilla: accuracy {100 * v['accuracy']:.1f}% on {v['n']} problems measured through et "
+                      f"(et: {_f(v.get('et_nfe'), '.1f')} NFE/sample, {_f(v.get('et_latency_s'), '.3f')} s); "
+                      f"NFE {v['nfe']:.0f} = gen_length"
+                      + (f"; vanilla itself on the first {v['direct_n']} problems: NFE {_f(v.get('direct_nfe'), '.1f')}, "
+                         f"latency {_f(v.get('latency_s'), '.3f')} s, accuracy {100 * v['direct_accuracy']:.1f}%, "
+                         f"{v.get('direct_identical_to_et')}/{v['direct_n']} outputs identical to et's"
+                         if v.get("direct_n") else "") + "."]
+    sel = result.get("selected")
+    if sel:
+        ratio = sel.get("nfe_vs_threshold0.9")
+        lines += ["", f"**Selected** ({sel['criterion']}): `{sel['point']}` — accuracy {100 * sel['accuracy']:.1f}% "
+                      f"({sel['accuracy_delta_points']:+.1f} pts), {sel['nfe']:.2f} NFE/sample"
+                      + (f" ({ratio:.2f}x threshold 0.9's)" if ratio else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(result: dict[str, Any]) -> str:
+    rows = [_HEAD] + [_cells(r) for r in result["rows"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEAD))]
+    out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+           for r in rows]
+    sel = result.get("selected")
+    if sel:
+        out.append(f"selected: {sel['point']} (accuracy {100 * sel['accuracy']:.1f}%, {sel['nfe']:.2f} NFE/sample)")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _check_resume(settings: FrontierSettings, json_path: Path) -> None:
+    if not json_path.exists():
+        return
+    try:
+        old = json.loads(json_path.read_text()).get("settings", {})
+    except json.JSONDecodeError:
+        return
+    new = settings.to_dict()
+    diff = [k for k in FrontierSettings.RESUME_KEYS if k in old and old[k] != new[k]]
+    if diff:
+        raise ConfigError(f"--resume: {json_path} was made with different {', '.join(diff)}; "
+                          "use another --out or --overwrite")
+
+
+def run_frontier(settings: FrontierSettings, out_prefix: str | Path, *, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True, command: str | None = None,
+                 plot: bool = True, only: Sequence[str] | None = None, log: Any = print) -> dict[str, Any]:
+    """Run (or continue) a frontier; returns the final result dict (also written to disk).
+
+    ``only``: run just these points (labels such as ``eb=0.1``, ``vanilla``, ``vanilla-direct``);
+    several such processes may append to one records file, and a last ``--resume`` run without
+    ``only`` finds everything done and writes the complete JSON, Markdown and PNG."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..api import generate, load
+    from ..eval.env import collect_env, command_line
+    from ..eval.methods import model_family, resolve_config
+    from ..eval.runner import dump_json
+    from ..eval.tasks import get_task
+    from ..models import read_config
+    from .plot import plot_frontier
+
+    settings.validate()
+    prefix = Path(out_prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = {k: prefix.with_name(prefix.name + ext) for k, ext in
+             (("json", ".json"), ("md", ".md"), ("png", ".png"), ("records", ".records.jsonl"))}
+    if paths["records"].exists() and not resume:
+        if not overwrite:
+            raise ConfigError(f"{paths['records']} exists: pass --resume to continue that run or --overwrite")
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+    if resume:
+        _check_resume(settings, paths["json"])
+    records = _read_records(paths["records"]) if resume else []
+    done = {(r["point"], int(r["index"])) for r in records}
+
+    family = model_family(settings.model, read_config(settings.model) if settings.model else None)
+    task = get_task(settings.task, **settings.task_options)
+
+    def resolve(method: str, fields_: dict[str, Any] | None = None) -> Any:
+        _, cfg = resolve_config(method, family=family, task=settings.task, overrides=settings.overrides)
+        return cfg.replace(**fields_) if fields_ else cfg
+
+    jobs: list[tuple[str, str, Any, Any, int]] = []  # (label, rule, value, cfg, n)
+    for label, rule, value, fields_ in settings.points():
+        jobs.append((label, rule, value, resolve(settings.base_method, fields_), settings.n))
+    if settings.vanilla:
+        jobs.append(("vanilla", "vanilla", None, resolve("et"), settings.n))
+        if settings.vanilla_n:
+            jobs.append(("vanilla-direct", "vanilla", None, resolve("vanilla"), settings.vanilla_n))
+    configs = {label: cfg.to_dict() for label, _, _, cfg, _ in jobs}  # every config valid before loading
+    if only:
+        unknown = sorted(set(only) - set(configs))
+        if unknown:
+            raise ConfigError(f"--only {', '.join(unknown)}: not a point of this sweep ({', '.join(configs)})")
+        jobs = [j for j in jobs if j[0] in set(only)]
+
+    samples = task.samples(settings.n)
+    if len(samples) < settings.n:
+        raise ConfigError(f"the task has only {len(samples)} problems (asked for --n {settings.n})")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    lm = load(settings.model, device=settings.device, dtype=settings.dtype)
+    env = collect_env(lm.model.device, next(lm.model.parameters()).dtype)
+    cmd = command or command_line()
+
+    def save(complete: bool = False) -> dict[str, Any]:
+        result = build_result(settings, records, env=env, command=cmd, configs=configs, complete=complete)
+        result["files"] = {k: str(v) for k, v in paths.items()}
+        dump_json(paths["json"], result)
+        paths["md"].write_text(markdown(result))
+        return result
+
+    # untimed warm-up of every code path that has work left
+    jobs = [j for j in jobs if any((j[0], s.index) not in done for s in samples[:j[4]])]
+    for _, _, _, cfg, _ in jobs:
+        generate(lm, [samples[0].prompt], cfg.replace(gen_length=cfg.block_length, steps=None), chat=task.chat)
+    with open(paths["records"], "a", encoding="utf-8") as fh:
+        for label, rule, value, cfg, n in jobs:
+            todo = [samples[i:i + settings.batch_size] for i in range(0, n, settings.batch_size)]
+            todo = [c for c in todo if any((label, s.index) not in done for s in c)]
+            with tqdm(total=len(todo), desc=label, disable=not progress, dynamic_ncols=True, unit="batch") as bar:
+                for chunk in todo:
+                    t0 = time.perf_counter()
+                    gens = generate(lm, [s.prompt for s in chunk], cfg, chat=task.chat, batch_size=settings.batch_size)
+                    per = (time.perf_counter() - t0) / len(chunk)
+                    for s, g in zip(chunk, gens, strict=True):
+                        sc = task.score(s, g.text or "")
+                        rec = {"point": label, "rule": rule, "value": value, "method": cfg.method_name()
+                               if rule != "vanilla" else ("et" if label == "vanilla" else "vanilla"),
+                               "index": s.index, "id": s.id, "correct": bool(sc["correct"]),
+                               "extracted": sc.get("extracted"), "nfe": int(g.stats.get("nfe", 0)),
+                               "response_tokens": int(g.stats.get("response_tokens", 0)), "latency_s": per,
+                               "batch_size": len(chunk), "output": g.text}
+                        records.append(rec)
+                        done.add((label, s.index))
+                        fh.write(json.dumps(rec) + "\n")
+                    fh.flush()
+                    save()
+                    bar.update(1)
+    if only:  # other processes may hold the rest: re-read everything this file has now
+        records[:] = _read_records(paths["records"])
+    labels_n = {lb: settings.n for lb, *_ in settings.points()}
+    if settings.vanilla:
+        labels_n["vanilla"] = settings.n
+        if settings.vanilla_n:
+            labels_n["vanilla-direct"] = settings.vanilla_n
+    have = {(r["point"], int(r["index"])) for r in records}
+    complete = all((lb, s.index) in have for lb, n in labels_n.items() for s in samples[:n])
+    result = save(complete=complete)
+    if plot:
+        plot_frontier(result, paths["png"])
+    return result
