@@ -114,13 +114,11 @@ def llada():
 @pytest.fixture(scope="module")
 def prompts() -> list[list[int]]:
     g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, 250, (n,), generator=g).tolist() for n in (5, 12, 20, 8, 31, 17)]
+    return [torch.randint(0, 250, (n,), generator=g).tolist() for n in (5, 12, 20, 8)]
 
 
-COMBOS = {
-    "none": {}, "prefix": dict(cache="prefix"), "dual": dict(cache="dual"), "dpad": DPAD,
-    "prefix+dpad": dict(cache="prefix", **DPAD), "dual+dpad": dict(cache="dual", **DPAD),
-}
+COMBOS = {"none": {}, "prefix+dpad": dict(cache="prefix", **DPAD), "dual+dpad": dict(cache="dual", **DPAD)}
+SHORT = dict(gen_length=32, block_length=16)
 
 
 @pytest.mark.parametrize("combo", list(COMBOS))
@@ -128,7 +126,7 @@ def test_degenerate_rules_equal_one_token_per_step(llada, prompts: list, combo: 
     """Under every cache and suffix policy, EB with gamma=0 (no zero-entropy positions here) and
     the guard with D >= block length and no strict bound commit exactly the top-1 per step: the
     same tokens and NFE as the one-token-per-step schedule with the same cache and suffix."""
-    plain = DecodeConfig(**BASE, **COMBOS[combo])
+    plain = DecodeConfig(**SHORT, **{**COMBOS[combo], "window": 16} if COMBOS[combo] else {})
     ref = decode_batch(llada.model, prompts, plain, mask_id=MASK, eos_id=EOS)
     for rule in (dict(entropy_bound=0.0), dict(threshold=0.5, dependency_distance=16),
                  dict(entropy_bound=5.0, dependency_distance=16)):
@@ -138,7 +136,7 @@ def test_degenerate_rules_equal_one_token_per_step(llada, prompts: list, combo: 
             assert b.nfe == a.nfe, rule
 
 
-@pytest.mark.parametrize("combo", ["prefix+dpad", "dual+dpad", "none"])
+@pytest.mark.parametrize("combo", ["prefix+dpad", "dual+dpad"])
 @pytest.mark.parametrize("rule", [dict(entropy_bound=0.5), dict(threshold=0.3, dependency_distance=1,
                                                                    dependency_threshold=0.6),
                                   dict(entropy_bound=1.0, dependency_distance=2, dependency_threshold=0.5)])

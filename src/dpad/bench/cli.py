@@ -21,7 +21,7 @@ def cmd_frontier(ns: argparse.Namespace, task_options: dict[str, Any]) -> int:
     sweep = parse_sweep(ns.sweep) if ns.sweep else {k: list(v) for k, v in DEFAULT_SWEEP.items()}
     settings = FrontierSettings(
         sweep=sweep, base_method=ns.base_method, n=300 if ns.n is None else ns.n, batch_size=ns.batch_size,
-        vanilla=not ns.no_vanilla, vanilla_n=ns.vanilla_n, task=ns.task, task_options=task_options, model=ns.model,
+        vanilla=not ns.no_vanilla, vanilla_n=ns.vanilla_n, vanilla_records=ns.vanilla_records, task=ns.task, task_options=task_options, model=ns.model,
         device=ns.device, dtype=ns.dtype, threads=ns.threads, overrides=overrides,
         guard_base={"threshold": ns.guard_threshold, "dependency_distance": ns.guard_distance})
     result = run_frontier(settings, ns.out or "benchmarks/results/frontier", resume=ns.resume,
@@ -114,6 +114,9 @@ def register(sub: Any) -> None:
     f.add_argument("--vanilla-n", type=int, default=8,
                    help="problems on which vanilla itself runs (its latency; its outputs checked against et's; "
                         "default 8)")
+    f.add_argument("--vanilla-records", default=None, metavar="FILE",
+                   help="import vanilla's own per-problem records (a ladder's or frontier's .records.jsonl, matched "
+                        "by problem id) instead of decoding those problems through et again")
     f.add_argument("--no-vanilla", action="store_true", help="skip the vanilla point")
     f.add_argument("--only", nargs="+", default=None, metavar="POINT",
                    help="run only these points (e.g. eb=0.1 vanilla vanilla-direct): several processes may share "

@@ -22,6 +22,9 @@ test and again here: vanilla itself runs on the first ``vanilla_n`` problems and
 how many of its outputs equal et's). Vanilla's NFE is exactly ``gen_length`` (also measured on that
 subset), its latency is measured on that subset.
 
+``vanilla_records`` imports vanilla's own records (a ladder's or a frontier's records file, matched
+by problem id) instead of decoding those problems again; the et job then runs only on the others.
+
 Each finished batch appends its records to ``PREFIX.records.jsonl`` and rewrites ``PREFIX.json`` /
 ``PREFIX.md``; ``--resume`` skips finished batches. The PNG is drawn at the end.
 """
@@ -86,6 +89,7 @@ class FrontierSettings:
     batch_size: int = 32
     vanilla: bool = True
     vanilla_n: int = 32
+    vanilla_records: str | None = None
     task: str = "arith"
     task_options: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
@@ -165,16 +169,22 @@ def build_result(settings: FrontierSettings, records: Sequence[dict[str, Any]], 
         by.setdefault(r["point"], []).append(r)
     et = by.get("vanilla", [])
     base = {int(r["index"]): bool(r["correct"]) for r in et}
-    gen = int(settings.overrides.get("gen_length", 256))
+    vcfg = configs.get("vanilla") or {}
+    gen = int(vcfg.get("steps") or vcfg.get("gen_length") or settings.overrides.get("gen_length", 256))
     rows: list[dict[str, Any]] = []
     vanilla_row: dict[str, Any] | None = None
     if et:
         vanilla_row = _row("vanilla", "vanilla", None, et, base)
         direct = by.get("vanilla-direct", [])
         et_by = {int(r["index"]): r for r in et}
-        vanilla_row.update(method="vanilla", accuracy_measured_as="et", et_nfe=vanilla_row["nfe"],
-                           et_latency_s=vanilla_row["latency_s"], nfe=float(gen), nfe_source="exact (gen_length)",
-                           latency_s=None, tok_s=None, direct_n=len(direct))
+        sources: dict[str, int] = {}
+        for r in et:
+            sources[r.get("measured_as", "et")] = sources.get(r.get("measured_as", "et"), 0) + 1
+        et_only = [r for r in et if r.get("measured_as", "et") == "et"]
+        vanilla_row.update(method="vanilla", accuracy_measured_as=", ".join(f"{k} on {v}" for k, v in sources.items()),
+                           et_nfe=_mean([int(r["nfe"]) for r in et_only]),
+                           et_latency_s=_mean([float(r["latency_s"]) for r in et_only]), nfe=float(gen),
+                           nfe_source="exact (gen_length forwards: one token per step)", latency_s=None, tok_s=None, direct_n=len(direct))
         if direct:
             vanilla_row.update(
                 latency_s=_mean([float(r["latency_s"]) for r in direct]),
@@ -218,7 +228,7 @@ _HEAD = ["point", "method", "n", "accuracy (%)", "Δacc vs vanilla (pts)", "NFE/
 def _cells(r: dict[str, Any]) -> list[str]:
     acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}"
     d = "-" if r.get("accuracy_delta_points") is None else f"{r['accuracy_delta_points']:+.1f}"
-    label = r["point"] + (" (accuracy via et)" if r["rule"] == "vanilla" else "")
+    label = r["point"] + (f" (accuracy: {r['accuracy_measured_as']})" if r["rule"] == "vanilla" else "")
     return [label, r["method"], str(r["n"]), acc, d, _f(r.get("nfe"), ".2f"), _f(r.get("latency_s"), ".3f"),
             _f(r.get("tok_s"), ".1f")]
 
@@ -234,8 +244,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["rows"]]
     v = next((r for r in result["rows"] if r["rule"] == "vanilla"), None)
     if v:
-        lines += ["", f"Vanilla: accuracy {100 * v['accuracy']:.1f}% on {v['n']} problems measured through et "
-                      f"(et: {_f(v.get('et_nfe'), '.1f')} NFE/sample, {_f(v.get('et_latency_s'), '.3f')} s); "
+        lines += ["", f"Vanilla: accuracy {100 * v['accuracy']:.1f}% on {v['n']} problems ({v['accuracy_measured_as']}; "
+                      f"et: {_f(v.get('et_nfe'), '.1f')} NFE/sample, {_f(v.get('et_latency_s'), '.3f')} s); "
                       f"NFE {v['nfe']:.0f} = gen_length"
                       + (f"; vanilla itself on the first {v['direct_n']} problems: NFE {_f(v.get('direct_nfe'), '.1f')}, "
                          f"latency {_f(v.get('latency_s'), '.3f')} s, accuracy {100 * v['direct_accuracy']:.1f}%, "
@@ -336,6 +346,32 @@ def run_frontier(settings: FrontierSettings, out_prefix: str | Path, *, resume: 
     samples = task.samples(settings.n)
     if len(samples) < settings.n:
         raise ConfigError(f"the task has only {len(samples)} problems (asked for --n {settings.n})")
+    if settings.vanilla_records and settings.vanilla:
+        src = Path(settings.vanilla_records)
+        if not src.exists():
+            raise ConfigError(f"--vanilla-records {src}: no such file")
+        gen = int(settings.overrides.get("gen_length", 256))
+        theirs = {r["id"]: r for r in _read_records(src)
+                  if r.get("method") == "vanilla" and r.get("phase", "accuracy") == "accuracy"
+                  and r.get("point", "vanilla-direct") == "vanilla-direct" and int(r.get("gen_length", gen)) == gen}
+        imported = 0
+        for smp in samples:
+            r = theirs.get(smp.id)
+            if r is None or ("vanilla", smp.index) in done:
+                continue
+            sc = task.score(smp, r.get("output") or "")
+            rec = {"point": "vanilla", "rule": "vanilla", "value": None, "method": "vanilla",
+                   "measured_as": f"vanilla itself (imported from {src.name})", "index": smp.index, "id": smp.id,
+                   "correct": bool(sc["correct"]), "extracted": sc.get("extracted"), "nfe": int(r["nfe"]),
+                   "response_tokens": int(r["response_tokens"]), "latency_s": float(r["latency_s"]),
+                   "batch_size": r.get("batch_size"), "output": r.get("output")}
+            records.append(rec)
+            done.add(("vanilla", smp.index))
+            imported += 1
+        with open(paths["records"], "a", encoding="utf-8") as fh:
+            for rec in records[len(records) - imported:]:
+                fh.write(json.dumps(rec) + "\n")
+        log(f"[frontier] imported vanilla's own records for {imported} problems from {src}")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     lm = load(settings.model, device=settings.device, dtype=settings.dtype)
@@ -355,7 +391,7 @@ def run_frontier(settings: FrontierSettings, out_prefix: str | Path, *, resume: 
         generate(lm, [samples[0].prompt], cfg.replace(gen_length=cfg.block_length, steps=None), chat=task.chat)
     with open(paths["records"], "a", encoding="utf-8") as fh:
         for label, rule, value, cfg, n in jobs:
-            todo = [samples[i:i + settings.batch_size] for i in range(0, n, settings.batch_size)]
+            todo = [samples[i:min(i + settings.batch_size, n)] for i in range(0, n, settings.batch_size)]
             todo = [c for c in todo if any((label, s.index) not in done for s in c)]
             with tqdm(total=len(todo), desc=label, disable=not progress, dynamic_ncols=True, unit="batch") as bar:
                 for chunk in todo:
@@ -366,6 +402,7 @@ def run_frontier(settings: FrontierSettings, out_prefix: str | Path, *, resume: 
                         sc = task.score(s, g.text or "")
                         rec = {"point": label, "rule": rule, "value": value, "method": cfg.method_name()
                                if rule != "vanilla" else ("et" if label == "vanilla" else "vanilla"),
+                               **({"measured_as": "et"} if label == "vanilla" else {}),
                                "index": s.index, "id": s.id, "correct": bool(sc["correct"]),
                                "extracted": sc.get("extracted"), "nfe": int(g.stats.get("nfe", 0)),
                                "response_tokens": int(g.stats.get("response_tokens", 0)), "latency_s": per,
