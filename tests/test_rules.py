@@ -40,7 +40,7 @@ def test_entropy_bounded_is_the_eb_rule(gamma: float) -> None:
         masked = torch.rand(12, generator=g) < 0.7
         masked[3] = True
         prop = Proposer("low_confidence", 0.0, None, None, g)
-        _, conf = prop(logits)
+        _, conf = prop(logits, masked)
         ent = prop.entropy(logits)
         p = logits.softmax(-1)
         assert torch.allclose(ent, -(p * p.log()).sum(-1))
