@@ -293,6 +293,7 @@ def test_queue_full_429_and_disconnects(lm: LoadedModel) -> None:
         with pytest.raises(openai.RateLimitError) as e:
             c.completions.create(model=MODEL, prompt=Q, max_tokens=16)
         assert e.value.status_code == 429 and "queue is full" in e.value.body["message"]
+        assert e.value.response.headers["retry-after"] == "1"
         gate.set()
         a.join(60)
         b.join(60)

@@ -64,6 +64,20 @@ class Generation:
                 "generated_ids": self.generated_ids, **self.stats}
 
 
+def check_text(text: str, what: str = "prompt") -> str:
+    """``text`` must be valid Unicode (encodable as UTF-8): a lone surrogate — from JSON's
+    ``"\\ud800"`` or a command-line argument holding bytes that are not UTF-8 — is a ConfigError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        ch = text[e.start]
+        why = (f"the byte 0x{ord(ch) - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= ord(ch) <= 0xDCFF
+               else f"the lone surrogate {ascii(ch)}")
+        raise ConfigError(f"{what} is not valid text: it holds {why} at character {e.start}; "
+                          "pass UTF-8 text") from e
+    return text
+
+
 def encode_prompt(lm: LoadedModel, prompt: str | list[int], chat: bool | None = None) -> list[int]:
     """Token ids for a prompt: ids pass through; text is tokenized (with the chat template when
     ``chat`` is True, or when ``chat`` is None and the checkpoint is an instruct one: it has a chat
@@ -76,6 +90,7 @@ def encode_prompt(lm: LoadedModel, prompt: str | list[int], chat: bool | None = 
         return ids
     if not isinstance(prompt, str):
         raise ConfigError(f"a prompt must be text or a list of token ids, got {type(prompt).__name__}")
+    check_text(prompt)
     tok = lm.tokenizer
     if tok is None:
         raise ConfigError("this checkpoint has no tokenizer files: pass token ids (e.g. --prompt-ids 1,2,3)")
@@ -116,7 +131,8 @@ def generate(lm: LoadedModel, prompts: str | list[int] | list[str] | list[list[i
                                           and isinstance(prompts[0], int))
     batch = [prompts] if single else list(prompts)
     if not batch:
-        raise ConfigError("no prompts given")
+        raise ConfigError("no prompts given (for unconditional generation pass one empty prompt: [[]], or '' "
+                          "with chat=False)")
     if batch_size is None:
         batch_size = min(len(batch), DEFAULT_MAX_BATCH)
     if not isinstance(batch_size, int) or batch_size < 1:

@@ -1,19 +1,67 @@
 """``dpad`` command line: thin subcommands over the library.
 
-Every subcommand turns a :class:`~dpad.errors.DpadError` (bad input) into one readable line on
-stderr and exit status 2 — no traceback.
+Bad input — a flag argparse refuses, a value out of its range, a :class:`~dpad.errors.DpadError` —
+gives one readable line on stderr and exit status 2, before any heavy work (no model is loaded, no
+traceback). Numeric flags declare their range with :func:`int_in` / :func:`float_in`; decoding
+flags are checked by :class:`~dpad.config.DecodeConfig`, the single source of their ranges.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import PRESETS, DecodeConfig, preset
-from .errors import ConfigError, DpadError
+from .errors import ConfigError, DpadError, short_repr
+
+MAX_THREADS = 1024
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``dpad generate: error: ... (see --help)``), exit 2.
+    Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``lo..hi`` (inclusive)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer in {lo}..{hi}, got {short_repr(text)}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def float_in(lo: float, hi: float) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``[lo, hi]``."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"must be a number in [{lo:g}, {hi:g}], got {short_repr(text)}")
+        return v
+
+    parse.__name__ = "float"
+    return parse
 
 # Help text and short aliases for the decoding knobs (one flag per DecodeConfig field).
 _HELP = {
@@ -84,14 +132,37 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="hub branch, tag or commit of --model (default: main)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, float64 or auto (default)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None, help="torch CPU threads")
 
 
 def parse_ids(text: str) -> list[int]:
     try:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError as e:
-        raise ConfigError(f"--prompt-ids must be comma-separated integers, e.g. 1,2,3 (got {text!r})") from e
+        raise ConfigError(f"--prompt-ids must be comma-separated integers, e.g. 1,2,3 (got {short_repr(text)})") from e
+
+
+def check_before_load(model: str | None, cfg: DecodeConfig, prompt: str | list[int] | None = None,
+                      revision: str | None = None) -> None:
+    """What can be checked from the checkpoint's config.json alone (no weights): the prompt text is
+    valid Unicode, token ids are in the vocabulary, prompt + gen_length fits the model's context
+    (a text prompt's length is checked again once tokenized)."""
+    from .api import check_text, embedded_model_path
+    from .engine.loop import check_length
+    from .models import read_args
+
+    if isinstance(prompt, str):
+        check_text(prompt, "--prompt")
+    args = read_args(model if model is not None else embedded_model_path(), revision)
+    if isinstance(prompt, list):
+        bad = [t for t in prompt if not 0 <= t < args.vocab_size]
+        if bad:
+            raise ConfigError(f"--prompt-ids {short_repr(bad[:5])} are outside the vocabulary [0, {args.vocab_size})")
+    if isinstance(prompt, list):
+        check_length(len(prompt), cfg, args.max_seq_len)
+    elif cfg.gen_length > args.max_seq_len:
+        raise ConfigError(f"gen_length={cfg.gen_length} is too long: the model's maximum sequence length is "
+                          f"{args.max_seq_len} tokens, prompt included")
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
@@ -103,11 +174,12 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         raise ConfigError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
     cfg = decode_config_from_args(ns)  # validated before the model loads
     prompt: Any = ns.prompt if ns.prompt is not None else parse_ids(ns.prompt_ids)
+    check_before_load(ns.model, cfg, prompt, ns.revision)
     if ns.threads:
         torch.set_num_threads(ns.threads)
     lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
     chat = ns.chat
-    out = generate(lm, prompt, cfg, chat=chat)
+    out = generate(lm, [prompt], cfg, chat=chat)[0]  # a list of one: [] is the empty prompt, not no prompt
     if ns.json:
         print(json.dumps({"method": cfg.method_name(), "config": cfg.to_dict(), **out.to_dict()}))
     else:
@@ -125,7 +197,7 @@ def cmd_train(ns: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dpad", description="Fast decoding for diffusion language models.")
+    ap = ArgumentParser(prog="dpad", description="Fast decoding for diffusion language models.")
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="decode one prompt")
     add_model_args(g)
@@ -152,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["train"]:
             return cmd_train(argparse.Namespace(), argv[1:])
         ap = build_parser()
-        ns = ap.parse_args(argv)
+        try:
+            ns = ap.parse_args(argv)
+        except SystemExit as e:  # --help (0) or a one-line usage error (2)
+            return e.code if isinstance(e.code, int) else 2
         return int(ns.func(ns) or 0)
     except DpadError as e:
-        print(f"dpad: error: {e}", file=sys.stderr)
+        print(f"dpad: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dpad: interrupted", file=sys.stderr)

@@ -104,7 +104,7 @@ class DecodeConfig:
             if not math.isfinite(f):
                 bad(name, "must be a finite number")
             object.__setattr__(self, name, f)
-        for name in ("gen_length", "block_length", "steps", "window", "uniform_keep", "top_k"):
+        for name in ("gen_length", "block_length", "window", "uniform_keep", "top_k"):
             v = getattr(self, name)
             if v is not None and is_int(v) and v > MAX_LENGTH:
                 bad(name, f"must be <= {MAX_LENGTH}")
@@ -177,8 +177,10 @@ class DecodeConfig:
             bad("sigma", "(k, the Gaussian's spread) must be > 0")
         if not self.scale > 0:
             bad("scale", "(a, the keep-probability scale) must be > 0")
+        if self.uniform_keep is not None and (not is_int(self.uniform_keep) or self.uniform_keep < 0):
+            bad("uniform_keep", "must be an integer >= 0")
         if self.suffix == "uniform":
-            if self.uniform_keep is None or not is_int(self.uniform_keep) or self.uniform_keep < 0:
+            if self.uniform_keep is None:
                 bad("uniform_keep", "suffix='uniform' needs uniform_keep, an integer >= 0")
             if self.uniform_keep > self.window:
                 bad("uniform_keep", f"must be <= window={self.window}")
@@ -299,6 +301,6 @@ def preset(name: str, **overrides: Any) -> DecodeConfig:
         base = name[: -len("-parallel")]
         extra = {"threshold": 0.9}
     if base not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))} "
+        raise ConfigError(f"unknown preset {short_repr(name)}; known: {', '.join(sorted(PRESETS))} "
                           "(each also as NAME-parallel)")
     return DecodeConfig(**{**PRESETS[base], **extra, **overrides})

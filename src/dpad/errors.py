@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -25,3 +27,17 @@ class ConfigError(DpadError, ValueError):
 
 class CheckpointError(DpadError):
     """A checkpoint directory is missing, incomplete, corrupt or of an unknown type."""
+
+
+def writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create the directory ``path`` (with its parents) and check that a file can be written in it,
+    before any work; a ConfigError naming ``flag`` otherwise."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{flag} {short_repr(str(p))} is not a writable directory "
+                          f"({e.strerror or type(e).__name__}); pick another {flag}") from e
+    return p

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..cli import int_in
+from ..config import MAX_LENGTH, MAX_SEED
 from ..errors import ConfigError
 
 
@@ -35,9 +37,9 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prompt (default: test word problem 0)")
     g.add_argument("--prompt", help="prompt text (the tokenizer's chat template is applied when it has one)")
     g.add_argument("--prompt-ids", help="prompt token ids, comma-separated")
-    g.add_argument("--problem-index", type=int, default=None,
+    g.add_argument("--problem-index", type=int_in(0, 10**6), default=None,
                    help="index of a test-split word problem (dpad.synthetic.arith)")
-    g.add_argument("--problem-seed", type=int, default=0, help="seed of the word-problem stream (default 0)")
+    g.add_argument("--problem-seed", type=int_in(0, MAX_SEED), default=0, help="seed of the word-problem stream (default 0)")
 
 
 def _check_prompt_args(ns: argparse.Namespace) -> None:
@@ -176,19 +178,19 @@ def register(subparsers: Any) -> None:
                                    "parallel unmasking (--threshold 0.9) by default for speed; "
                                    "--one-per-step decodes one token per step.")
     common(p)
-    p.add_argument("--n-problems", type=int, default=20, help="number of test word problems (default 20)")
-    p.add_argument("--first-problem", type=int, default=0, help="index of the first problem (default 0)")
-    p.add_argument("--problem-seed", type=int, default=0, help="seed of the word-problem stream (default 0)")
-    p.add_argument("--min-distance", type=int, default=32,
+    p.add_argument("--n-problems", type=int_in(1, 10**5), default=20, help="number of test word problems (default 20)")
+    p.add_argument("--first-problem", type=int_in(0, 10**6), default=0, help="index of the first problem (default 0)")
+    p.add_argument("--problem-seed", type=int_in(0, MAX_SEED), default=0, help="seed of the word-problem stream (default 0)")
+    p.add_argument("--min-distance", type=int_in(0, MAX_LENGTH), default=32,
                    help="only suffix tokens at distance >= this from the block end are removed (default 32)")
-    p.add_argument("--top", type=int, default=8, help="tokens removed per block (default 8)")
+    p.add_argument("--top", type=int_in(1, MAX_LENGTH), default=8, help="tokens removed per block (default 8)")
     p.add_argument("--select", choices=("spike", "local", "mean"), default="spike",
                    help="spike: tokens that stand out most in some head against its far-suffix median "
                         "(default); local: against their neighbours (isolated peaks); mean: highest "
                         "layer/head-averaged attention")
-    p.add_argument("--remove-blocks", type=int, default=0,
+    p.add_argument("--remove-blocks", type=int_in(0, MAX_LENGTH), default=0,
                    help="remove only in the first N blocks (default 0: every block)")
-    p.add_argument("--radius", type=int, default=3, help="neighbours = suffix tokens within this offset (default 3)")
+    p.add_argument("--radius", type=int_in(0, MAX_LENGTH), default=3, help="neighbours = suffix tokens within this offset (default 3)")
     p.add_argument("--one-per-step", action="store_true",
                    help="decode one token per step (vanilla schedule) instead of the default --threshold 0.9")
     add_decode_args(p)
@@ -200,8 +202,8 @@ def register(subparsers: Any) -> None:
     common(p)
     _add_prompt_args(p)
     p.add_argument("--run", action="store_true", help="also decode a prompt with suffix=gaussian")
-    p.add_argument("--draws", type=int, default=2000,
+    p.add_argument("--draws", type=int_in(0, 10**7), default=2000,
                    help="blocks drawn from the policy alone for the simulated keep rate (default 2000; 0: none)")
-    p.add_argument("--bin", type=int, default=16, help="distance bin of the decode's keep rate (default 16)")
+    p.add_argument("--bin", type=int_in(1, MAX_LENGTH), default=16, help="distance bin of the decode's keep rate (default 16)")
     add_decode_args(p)
     p.set_defaults(func=cmd_keep, window=256)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import DecodeConfig
 from ..engine import GenerationOutput
-from ..errors import ConfigError
+from ..errors import ConfigError, writable_dir
 from ..models import LoadedModel
 
 
@@ -84,8 +84,7 @@ def out_dir(path: str | Path) -> Path:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"--out {str(p)!r} exists and is not a directory")
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return writable_dir(p)
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:

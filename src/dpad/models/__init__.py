@@ -17,11 +17,12 @@ from .loading import (
     is_hub_id,
     load,
     parse_dtype,
+    read_args,
     read_config,
     resolve_checkpoint,
     save,
 )
 
 __all__ = ["ARCHITECTURES", "DTYPES", "KVCache", "LoadedModel", "ModelArgs", "Transformer", "download_command",
-           "hub_cache_dir", "init_weights", "is_hub_id", "load", "parse_dtype", "read_config",
+           "hub_cache_dir", "init_weights", "is_hub_id", "load", "parse_dtype", "read_args", "read_config",
            "resolve_checkpoint", "save"]

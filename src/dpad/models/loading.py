@@ -31,7 +31,7 @@ DTYPES = {
 }
 
 __all__ = ["ARCHITECTURES", "DTYPES", "LoadedModel", "download_command", "hub_cache_dir", "is_hub_id", "load",
-           "parse_dtype", "read_config", "resolve_checkpoint", "save"]
+           "parse_dtype", "read_args", "read_config", "resolve_checkpoint", "save"]
 
 
 @dataclass
@@ -211,6 +211,21 @@ def read_config(path: str | Path, revision: str | None = None) -> dict:
     return cfg
 
 
+def _args(p: Path, cfg: dict) -> ModelArgs:
+    try:
+        return _config_arch_module(cfg).args_from_config(cfg)
+    except KeyError as e:
+        raise CheckpointError(f"config.json of {str(p)!r} lacks the field {e.args[0]!r}") from e
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def read_args(path: str | Path, revision: str | None = None) -> ModelArgs:
+    """The architecture of a checkpoint (directory or hub id) from its ``config.json`` alone (no
+    weights): cheap enough to check a request against the model's limits before loading it."""
+    return _args(Path(path), read_config(path, revision))
+
+
 def _weight_files(p: Path) -> list[Path]:
     single = p / "model.safetensors"
     index = p / "model.safetensors.index.json"
@@ -285,12 +300,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
     cfg = read_config(p)
     mod = _config_arch_module(cfg)
     torch_dtype = parse_dtype(dtype)
-    try:
-        args = mod.args_from_config(cfg)
-    except KeyError as e:
-        raise CheckpointError(f"config.json of {str(p)!r} lacks the field {e.args[0]!r}") from e
-    except ValueError as e:
-        raise CheckpointError(str(e)) from e
+    args = _args(p, cfg)
     tok = _load_tokenizer(p) if tokenizer else None
     if tok is not None:
         if args.mask_token_id is None and getattr(tok, "mask_token_id", None) is not None:

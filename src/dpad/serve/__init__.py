@@ -35,16 +35,21 @@ Request fields:
   ``steps``/``top_k``. ``/v1/completions`` also takes ``chat`` (apply the chat template to a text
   prompt; default as :func:`dpad.generate`: when the tokenizer has one). Unknown fields -> 400.
 
-Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: 400 for invalid
-fields and malformed JSON (``param`` names the field), 404 ``model_not_found``, 429 when the queue
-holds ``--max-queue`` waiting requests, 500 if a batch fails.
+Every field is validated (type, range, size against the model) before a request joins a batch;
+an empty prompt (``""`` with ``chat: false``, or ``[]``) is unconditional generation. Errors use
+OpenAI's body ``{"error": {"message", "type", "param", "code"}}``: 400 for invalid fields and
+malformed JSON (``param`` names the field), 404 ``model_not_found``, 413 for a body over 8 MiB,
+429 when the queue holds ``--max-queue`` waiting requests and 503 while shutting down (both with
+``Retry-After``), 500 only for the row a genuine server bug hit (the other rows of its batch
+complete). SIGTERM: in-flight requests get ``--shutdown-timeout`` seconds (default 10), then their
+rows are cancelled (checked before every forward) and the server exits. See docs/serve.md.
 
 Scheduling: requests wait in a bounded queue; one worker thread decodes a batch at a time with
 :func:`dpad.engine.decode_batch`. A batch is a group of requests whose decoding configs agree on
 everything but the seed: a full group (``--max-batch-size``) starts at once, otherwise the oldest
 request's group starts once that request has waited ``--batch-wait-ms``. Every row decodes exactly
 what it would decode alone. A row leaves its batch as soon as its response is final (EOS, a stop
-string, ``max_tokens``) or its client disconnects (checked at every block boundary; a waiting request
+string, ``max_tokens``) or its client disconnects (seen within 0.25 s, then the row leaves before its next forward; a waiting request
 is withdrawn from the queue at once).
 """
 

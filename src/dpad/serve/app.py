@@ -3,14 +3,16 @@
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (OpenAI schema, SSE streaming
 that sends each block's text as soon as the block is committed), ``GET /v1/models``,
 ``GET /health``, ``GET /metrics`` (Prometheus text format). Errors use the OpenAI error body
-``{"error": {"message", "type", "param", "code"}}``. Generation runs on the :class:`Scheduler`'s
-worker thread, which batches concurrent compatible requests.
+``{"error": {"message", "type", "param", "code"}}`` — every error, including an unexpected one (a
+catch-all turns it into a JSON 500, logged once in one line, with no traceback sent). Generation runs
+on the :class:`Scheduler`'s worker thread, which batches concurrent compatible requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -26,12 +28,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..api import encode_prompt
 from ..config import DecodeConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
 from .metrics import Metrics
-from .protocol import ApiError, ParsedRequest, parse
-from .scheduler import Job, QueueFull, Scheduler, TextTracker
+from .protocol import ApiError, ParsedRequest, parse, request_schema
+from .scheduler import Job, QueueFull, Scheduler, ShuttingDown, TextTracker, internal_error
 
 DISCONNECT_POLL_S = 0.25
+MAX_BODY_BYTES = 8 << 20  # default request body limit (413 beyond)
+RETRY_AFTER_S = 1  # Retry-After of 429 (queue full) and 503 (shutting down) responses
+log = logging.getLogger("dpad.serve")
 
 
 def default_model_id(path: str | Path | None) -> str:
@@ -76,8 +81,10 @@ class Server:
                     ids = tok(text, add_special_tokens=False)["input_ids"]
         except ConfigError as e:
             raise ApiError(400, str(e), field) from e
-        if not ids:
-            raise ApiError(400, f"'{field}' is empty after tokenization", field)
+        except (TypeError, ValueError, UnicodeError) as e:  # text the tokenizer or the template refuses
+            raise ApiError(400, f"'{field}' could not be tokenized ({type(e).__name__}: "
+                                f"{short_repr(str(e), 200)})", field) from e
+        # an empty prompt (no ids) is allowed: unconditional generation, decoded in batches of its own
         if lm.mask_token_id in ids:
             raise ApiError(400, f"'{field}' contains the mask token (id {lm.mask_token_id})", field)
         max_len = lm.args.max_seq_len
@@ -102,8 +109,40 @@ class Server:
         self.metrics.latency.observe(time.monotonic() - t0, endpoint=endpoint)
 
 
-def _error(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+def _error(e: ApiError) -> Response:
+    """The OpenAI error body as ASCII JSON (any text a client sent is escaped, lone surrogates too);
+    429 and 503 carry ``Retry-After``."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if e.status in (429, 503) else None
+    return Response(json.dumps(e.body(), ensure_ascii=True), status_code=e.status, headers=headers,
+                    media_type="application/json")
+
+
+class CatchAll:
+    """ASGI middleware: an exception that escapes a route becomes a JSON 500 (OpenAI error body),
+    logged once in one line; the client never sees a traceback or a plain-text error."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_)
+        except Exception as e:  # noqa: BLE001 - the catch-all
+            p = internal_error(e, f"{scope.get('method')} {short_repr(scope.get('path'), 60)} failed")
+            if not started:
+                await _error(ApiError.from_payload({**p, "message": "internal server error; the server log "
+                                                    "has the details"}))(scope, receive, send)
 
 
 def _sse(obj: Any) -> str:
@@ -111,7 +150,8 @@ def _sse(obj: Any) -> str:
 
 
 def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | None = None,  # noqa: ANN001, C901
-               max_batch_size: int = 8, max_queue: int = 64, batch_wait_ms: float = 10.0) -> FastAPI:
+               max_batch_size: int = 8, max_queue: int = 64, batch_wait_ms: float = 10.0,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app serving ``lm`` (a :class:`~dpad.models.LoadedModel`) as ``model_id``."""
     srv = Server(lm, model_id=model_id, defaults=defaults or DecodeConfig(), max_batch_size=max_batch_size,
                  max_queue=max_queue, batch_wait_ms=batch_wait_ms)
@@ -126,6 +166,7 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
 
     app = FastAPI(title="dpad", description="OpenAI-compatible server for diffusion LMs", lifespan=lifespan)
     app.state.dpad = srv
+    app.add_middleware(CatchAll)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -158,28 +199,42 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
     async def model(model: str) -> Response:
         if model != srv.model_id:
             srv.record("models", 404, time.monotonic())
-            return _error(ApiError(404, f"The model '{model}' does not exist", "model", "model_not_found"))
+            return _error(ApiError(404, f"The model {short_repr(model)} does not exist", "model", "model_not_found"))
         srv.record("models", 200, time.monotonic())
         return JSONResponse(model_card())
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_schema("completion"))
     async def completions(request: Request) -> Response:
         return await generate(request, "completion")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_schema("chat"))
     async def chat_completions(request: Request) -> Response:
         return await generate(request, "chat")
+
+    async def read_json(request: Request) -> Any:
+        n = request.headers.get("content-length")
+        if n is not None and n.isdigit() and int(n) > max_body_bytes:
+            raise ApiError(413, f"the request body has {n} bytes; at most {max_body_bytes}", None,
+                           "request_too_large")
+        chunks, size = [], 0
+        async for c in request.stream():
+            size += len(c)
+            if size > max_body_bytes:
+                raise ApiError(413, f"the request body exceeds {max_body_bytes} bytes", None, "request_too_large")
+            chunks.append(c)
+        try:
+            return json.loads(b"".join(chunks))
+        except RecursionError as e:
+            raise ApiError(400, "We could not parse the JSON body of your request: it is nested too deeply") from e
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
+            raise ApiError(400, f"We could not parse the JSON body of your request ({short_repr(str(e), 200)})") from e
 
     async def generate(request: Request, kind: str) -> Response:
         t0 = time.monotonic()
         endpoint = "completions" if kind == "completion" else "chat_completions"
         try:
-            raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ApiError(400, f"We could not parse the JSON body of your request ({e})") from e
-            req = parse(body, kind, model_id=srv.model_id, defaults=srv.defaults)
+            body = await read_json(request)
+            req = parse(body, kind, model_id=srv.model_id, defaults=srv.defaults, max_len=lm.args.max_seq_len)
             ids = srv.encode(req)
         except ApiError as e:
             srv.record(endpoint, e.status, t0)
@@ -197,6 +252,9 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
         job = Job(ids, req.cfg, TextTracker(srv.detok, lm.eos_token_id, req.max_tokens, req.stop), sink)
         try:
             srv.scheduler.submit(job)
+        except ShuttingDown as e:
+            srv.record(endpoint, 503, t0)
+            return _error(ApiError(503, str(e), None, "server_shutting_down", "server_error"))
         except QueueFull as e:
             srv.record(endpoint, 429, t0)
             return _error(ApiError(429, str(e), None, "queue_full", "rate_limit_error"))
@@ -219,23 +277,29 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-        while True:
-            get = asyncio.ensure_future(events.get())
+        try:
             while True:
-                finished, _ = await asyncio.wait({get}, timeout=DISCONNECT_POLL_S)
-                if finished:
+                get = asyncio.ensure_future(events.get())
+                while True:
+                    finished, _ = await asyncio.wait({get}, timeout=DISCONNECT_POLL_S)
+                    if finished:
+                        break
+                    if await request.is_disconnected():
+                        get.cancel()
+                        cancel()
+                        srv.record(endpoint, 499, t0)
+                        return Response(status_code=499)
+                ev, payload = get.result()
+                if ev == "error":
+                    err = ApiError.from_payload(payload)
+                    srv.record(endpoint, err.status, t0)
+                    return _error(err)
+                if ev == "finish":
                     break
-                if await request.is_disconnected():
-                    get.cancel()
-                    cancel()
-                    srv.record(endpoint, 499, t0)
-                    return Response(status_code=499)
-            ev, payload = get.result()
-            if ev == "error":
-                srv.record(endpoint, 500, t0)
-                return _error(ApiError(500, payload, None, None, "server_error"))
-            if ev == "finish":
-                break
+        except asyncio.CancelledError:  # the server cancelled this request (shutdown): free its row
+            job.cancel()
+            srv.scheduler.withdraw(job)
+            raise
         info = payload
         done(info)
         srv.record(endpoint, 200, t0)
@@ -291,8 +355,9 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
                     return
                 else:
                     complete = True
-                    srv.record(endpoint, 500, t0)
-                    yield _sse(ApiError(500, payload, None, None, "server_error").body())
+                    err = ApiError.from_payload(payload)
+                    srv.record(endpoint, err.status, t0)
+                    yield _sse(err.body())
                     yield "data: [DONE]\n\n"
                     return
         finally:
@@ -312,20 +377,58 @@ def _extras(info: dict) -> dict:
     return {k: info[k] for k in ("nfe", "batch_size", "gen_length", "method")}
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: a free one); ConfigError (one line) when that is
+    impossible: the port is in use, the address is not this machine's, the host does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"--host {short_repr(host)} is not a valid address or host name ({e}); "
+                          "use e.g. 127.0.0.1, 0.0.0.0 or ::1") from e
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        why = "the port is in use: pick another --port" if e.errno == 98 else \
+            "the address is not one of this machine's: check --host" if e.errno == 99 else str(e)
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e} ({why})") from e
+    return sock
+
+
+def make_server(app: FastAPI, *, log_level: str = "info", shutdown_timeout: float = 10.0) -> Any:
+    """A uvicorn server for ``app`` with a bounded graceful shutdown: on SIGTERM/SIGINT it stops
+    accepting, lets in-flight requests finish for up to ``shutdown_timeout`` seconds, then cancels the
+    rows still decoding (their clients get 503 ``server_shutting_down``; rows stop before their next
+    forward) and exits; uvicorn cancels whatever is left one second later."""
+    import uvicorn
+
+    scheduler = app.state.dpad.scheduler
+
+    class _Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            timer = asyncio.get_running_loop().call_later(shutdown_timeout, scheduler.cancel_all)
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:
+                timer.cancel()
+
+    return _Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
+                                  timeout_graceful_shutdown=shutdown_timeout + 1.0))
+
+
 class ServerThread:
     """Run an app with uvicorn on a background thread (tests, load test); ``with`` yields the base URL.
 
     Binds ``host:port`` itself (port 0: a free port) before uvicorn starts, so there is no race."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 shutdown_timeout: float = 5.0) -> None:
+        self.sock = bind_socket(host, port)
         self.host, self.port = host, self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
-                                                    timeout_graceful_shutdown=5))
+        self.server = make_server(app, log_level=log_level, shutdown_timeout=shutdown_timeout)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property

@@ -8,7 +8,7 @@ from ..errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_decode_args, add_model_args
+    from ..cli import add_decode_args, add_model_args, float_in, int_in
 
     p = sub.add_parser(
         "serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions) with dynamic batching",
@@ -18,15 +18,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "cut to max_tokens tokens.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=int_in(0, 65535), default=8000, help="port (default 8000)")
     p.add_argument("--served-model-name", default=None,
                    help="the model id clients send (default: 'dpad-embedded', the hub id or the checkpoint directory name)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="rows per batch (default 8)")
-    p.add_argument("--max-queue", type=int, default=64,
+    p.add_argument("--max-batch-size", type=int_in(1, 1024), default=8, help="rows per batch (default 8)")
+    p.add_argument("--max-queue", type=int_in(1, 1_000_000), default=64,
                    help="waiting requests before new ones get 429 (default 64)")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+    p.add_argument("--batch-wait-ms", type=float_in(0, 60_000), default=10.0,
                    help="how long a batch waits for more compatible requests (default 10 ms)")
-    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    p.add_argument("--shutdown-timeout", type=float_in(0, 3600), default=10.0,
+                   help="on SIGTERM/SIGINT, seconds in-flight requests may still run before they are cancelled "
+                        "(their clients get 503) and the server exits (default 10)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug", "trace"),
+                   help="uvicorn log level (default info)")
     add_decode_args(p)
     p.set_defaults(func=cmd_serve)
 
@@ -34,33 +38,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(ns: argparse.Namespace) -> int:
     from ..cli import decode_config_from_args
 
-    if ns.max_batch_size < 1:
-        raise ConfigError(f"--max-batch-size={ns.max_batch_size} is invalid: must be >= 1")
-    if ns.max_queue < 1:
-        raise ConfigError(f"--max-queue={ns.max_queue} is invalid: must be >= 1")
-    if ns.batch_wait_ms < 0:
-        raise ConfigError(f"--batch-wait-ms={ns.batch_wait_ms} is invalid: must be >= 0")
-    if not 0 <= ns.port <= 65535:
-        raise ConfigError(f"--port={ns.port} is invalid: must be in 0..65535")
     defaults = decode_config_from_args(ns)
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
-        from .app import create_app, default_model_id
+        from .app import bind_socket, create_app, default_model_id, make_server
     except ImportError as e:
         raise ConfigError(f"`dpad serve` needs FastAPI and uvicorn: pip install 'dpad-dllm[serve]' ({e})") from e
-    import torch
+    sock = bind_socket(ns.host, ns.port)  # a port in use or a bad host fails here, before the model loads
+    try:
+        import torch
 
-    from ..api import load
+        from ..api import load
 
-    if ns.threads:
-        torch.set_num_threads(ns.threads)
-    lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
-    model_id = ns.served_model_name or default_model_id(ns.model)
-    app = create_app(lm, model_id=model_id, defaults=defaults, max_batch_size=ns.max_batch_size,
-                     max_queue=ns.max_queue, batch_wait_ms=ns.batch_wait_ms)
-    print(f"dpad serve: model '{model_id}' on http://{ns.host}:{ns.port}/v1 "
-          f"(max batch {ns.max_batch_size}, queue {ns.max_queue}, defaults: {defaults.method_name()}, "
-          f"gen_length {defaults.gen_length}, block {defaults.block_length})", flush=True)
-    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
+        if ns.threads:
+            torch.set_num_threads(ns.threads)
+        lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
+        model_id = ns.served_model_name or default_model_id(ns.model)
+        app = create_app(lm, model_id=model_id, defaults=defaults, max_batch_size=ns.max_batch_size,
+                         max_queue=ns.max_queue, batch_wait_ms=ns.batch_wait_ms)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"dpad serve: model '{model_id}' on http://{shown}:{port}/v1 "
+              f"(max batch {ns.max_batch_size}, queue {ns.max_queue}, defaults: {defaults.method_name()}, "
+              f"gen_length {defaults.gen_length}, block {defaults.block_length})", flush=True)
+        make_server(app, log_level=ns.log_level, shutdown_timeout=ns.shutdown_timeout).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

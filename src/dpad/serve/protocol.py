@@ -14,8 +14,10 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .. import config as C
+from ..api import check_text as api_check_text
 from ..config import DecodeConfig, preset
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
 
 # OpenAI fields accepted and ignored (when they hold their neutral value, see NEUTRAL).
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options",
@@ -37,6 +39,7 @@ KNOBS: dict[str, type | tuple[type, ...]] = {
 }
 NULLABLE = {"threshold", "factor", "window", "uniform_keep", "steps", "top_k"}
 MAX_STOP = 16
+MAX_STOP_CHARS = 1024
 
 
 class ApiError(Exception):
@@ -47,6 +50,15 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def payload(self) -> dict:
+        """What the scheduler's error event carries (plain data: status + the error body's fields)."""
+        return {"status": self.status, "message": self.message, "param": self.param, "code": self.code,
+                "type": self.type}
+
+    @classmethod
+    def from_payload(cls, p: dict) -> ApiError:
+        return cls(p["status"], p["message"], p.get("param"), p.get("code"), p.get("type", "server_error"))
 
 
 @dataclass
@@ -71,15 +83,28 @@ def _check_type(name: str, v: Any, t: type | tuple[type, ...]) -> None:
     ts = t if isinstance(t, tuple) else (t,)
     ok = isinstance(v, ts) and not (isinstance(v, bool) and bool not in ts)
     if not ok:
-        raise ApiError(400, f"'{name}' must be {_type_name(t)}, got {type(v).__name__} {v!r}", name)
+        raise ApiError(400, f"'{name}' must be {_type_name(t)}, got {type(v).__name__} {short_repr(v)}", name)
+
+
+def check_text(name: str, s: str) -> str:
+    """Text must be valid Unicode: JSON can carry lone surrogates (``"\\ud800"``) that no tokenizer
+    accepts."""
+    try:
+        return api_check_text(s, f"'{name}'")
+    except ConfigError as e:
+        raise ApiError(400, str(e), name) from e
 
 
 def round_up(n: int, block: int) -> int:
     return -(-n // block) * block
 
 
-def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> ParsedRequest:
-    """Validate an OpenAI (chat) completion request and build its DecodeConfig."""
+def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noqa: C901
+          max_len: int | None = None) -> ParsedRequest:
+    """Validate an OpenAI (chat) completion request and build its DecodeConfig.
+
+    Every field is checked (type, range, size) here, before the request can join a batch;
+    ``max_len`` (the model's context) bounds ``max_tokens``. Raises :class:`ApiError`."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     main_field = "prompt" if kind == "completion" else "messages"
@@ -87,7 +112,9 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> Par
     allowed |= {"chat"} if kind == "completion" else {"max_completion_tokens"}
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise ApiError(400, f"unrecognized request argument(s): {', '.join(unknown)}", unknown[0])
+        names = ", ".join(short_repr(u, 40) for u in unknown[:5]) + (f" (+{len(unknown) - 5} more)"
+                                                                      if len(unknown) > 5 else "")
+        raise ApiError(400, f"unrecognized request argument(s): {names}", short_repr(unknown[0], 40).strip("'"))
 
     model = body.get("model")
     if model is None:
@@ -95,18 +122,18 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> Par
     if not isinstance(model, str):
         raise ApiError(400, f"'model' must be a string, got {type(model).__name__}", "model")
     if model != model_id:
-        raise ApiError(404, f"The model '{model}' does not exist; this server serves '{model_id}'", "model",
-                       "model_not_found")
+        raise ApiError(404, f"The model {short_repr(model)} does not exist; this server serves '{model_id}'",
+                       "model", "model_not_found")
     for name in sorted(set(body) & IGNORED):
-        if name in NEUTRAL and body[name] not in NEUTRAL[name]:
-            raise ApiError(400, f"'{name}' is not supported by this server (got {body[name]!r})", name,
+        if name in NEUTRAL and not any(_same(body[name], v) for v in NEUTRAL[name]):
+            raise ApiError(400, f"'{name}' is not supported by this server (got {short_repr(body[name])})", name,
                            "unsupported_parameter")
 
     n = body.get("n")
     if n is not None:
         _check_type("n", n, int)
         if n != 1:
-            raise ApiError(400, f"'n' must be 1 (got {n}): one choice per request", "n")
+            raise ApiError(400, f"'n' must be 1 (got {short_repr(n)}): one choice per request", "n")
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -116,7 +143,10 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> Par
     if so is not None:
         if not isinstance(so, dict):
             raise ApiError(400, "'stream_options' must be an object", "stream_options")
-        include_usage = bool(so.get("include_usage", False))
+        iu = so.get("include_usage")
+        if iu is not None:
+            _check_type("stream_options.include_usage", iu, bool)
+            include_usage = iu
 
     prompt = _parse_prompt(body) if kind == "completion" else _parse_messages(body)
     chat_template = None
@@ -137,6 +167,10 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> Par
         raise ApiError(400, f"'stop' holds {len(stops)} strings; at most {MAX_STOP}", "stop")
     if any(s == "" for s in stops):
         raise ApiError(400, "'stop' strings must not be empty", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ApiError(400, f"'stop' strings must be at most {MAX_STOP_CHARS} characters", "stop")
+    for s_ in stops:
+        check_text("stop", s_)
 
     # ---- decoding config
     knobs: dict[str, Any] = {}
@@ -161,17 +195,18 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> Par
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             _check_type(name, body[name], (int, float))
-            d[name] = float(body[name])
-    if d.get("top_p") is not None and float(d["top_p"]) >= 1.0:
-        d["top_p"] = None
-    if d.get("top_p") is not None and float(d["top_p"]) <= 0.0:
-        raise ApiError(400, f"'top_p' must be in (0, 1], got {d['top_p']}", "top_p")
+            d[name] = body[name]  # DecodeConfig checks the range (finite, top_p in (0, 1])
+    if d.get("top_p") is not None and not isinstance(d["top_p"], bool) and d["top_p"] == 1:
+        d["top_p"] = None  # top_p = 1 keeps every token: the same as no filter
     if body.get("seed") is not None:
         _check_type("seed", body["seed"], int)
         d["seed"] = body["seed"]
     mt_name = "max_tokens"
     max_tokens = body.get("max_tokens")
-    if max_tokens is None and kind == "chat" and body.get("max_completion_tokens") is not None:
+    if kind == "chat" and body.get("max_completion_tokens") is not None:
+        if max_tokens is not None and not _same(max_tokens, body["max_completion_tokens"]):
+            raise ApiError(400, "'max_tokens' and 'max_completion_tokens' differ: give only one",
+                           "max_completion_tokens")
         mt_name, max_tokens = "max_completion_tokens", body["max_completion_tokens"]
     block = d["block_length"]
     if not isinstance(block, int) or block < 1:
@@ -179,7 +214,10 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> Par
     if max_tokens is not None:
         _check_type(mt_name, max_tokens, int)
         if max_tokens < 1:
-            raise ApiError(400, f"'{mt_name}' must be >= 1, got {max_tokens}", mt_name)
+            raise ApiError(400, f"'{mt_name}' must be >= 1, got {short_repr(max_tokens)}", mt_name)
+        if max_len is not None and max_tokens > max_len:
+            raise ApiError(400, f"This model's maximum context length is {max_len} tokens; {mt_name}="
+                                f"{short_repr(max_tokens)} asks for more", mt_name, "context_length_exceeded")
         d["gen_length"] = round_up(max_tokens, block)
     else:
         d["gen_length"] = round_up(int(d["gen_length"]), block)
@@ -199,8 +237,8 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig) -> Par
         if param == "suffix":
             msg += " ('suffix' is dpad's suffix policy; OpenAI's insertion suffix is not supported)"
         raise ApiError(400, msg, param) from e
-    except TypeError as e:
-        raise ApiError(400, str(e)) from e
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ApiError(400, f"invalid decoding option: {short_repr(str(e), 200)}") from e
     return ParsedRequest(kind, prompt, cfg, int(max_tokens), stops, stream, include_usage, chat_template)
 
 
@@ -209,12 +247,12 @@ def _parse_prompt(body: dict) -> Any:
         raise ApiError(400, "'prompt' is required", "prompt")
     p = body["prompt"]
     if isinstance(p, str):
-        return p
+        return check_text("prompt", p)
     if isinstance(p, list):
         if len(p) == 1 and isinstance(p[0], (str, list)):
             p = p[0]
             if isinstance(p, str):
-                return p
+                return check_text("prompt", p)
         if all(isinstance(t, int) and not isinstance(t, bool) for t in p):
             return [int(t) for t in p]
         if len(p) > 1 and all(isinstance(t, (str, list)) for t in p):
@@ -237,8 +275,9 @@ def _parse_messages(body: dict) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise ApiError(400, f"'{where}' must be an object with 'role' and 'content'", where)
         role = m.get("role")
-        if role not in ROLES:
-            raise ApiError(400, f"'{where}.role' must be one of {', '.join(ROLES)}, got {role!r}", f"{where}.role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise ApiError(400, f"'{where}.role' must be one of {', '.join(ROLES)}, got {short_repr(role)}",
+                           f"{where}.role")
         content = m.get("content")
         if isinstance(content, list):  # content parts: only text
             texts = []
@@ -250,5 +289,64 @@ def _parse_messages(body: dict) -> list[dict[str, str]]:
             content = "".join(texts)
         if not isinstance(content, str):
             raise ApiError(400, f"'{where}.content' must be a string", f"{where}.content")
+        check_text(f"{where}.content", content)
         out.append({"role": "user" if role == "developer" else role, "content": content})
     return out
+
+
+def request_schema(kind: str) -> dict:
+    """The request body's JSON schema (for ``/openapi.json``, and the fuzz test draws from it), built
+    from the same tables and bounds :func:`parse` enforces."""
+    text = {"type": "string"}
+    num = {"type": "number"}
+    size = {"type": "integer", "minimum": 1, "maximum": C.MAX_LENGTH}
+    props: dict[str, Any] = {
+        "model": text,
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {**num, "minimum": 0, "maximum": C.MAX_TEMPERATURE},
+        "top_p": {**num, "exclusiveMinimum": 0, "maximum": 1},
+        "seed": {"type": "integer", "minimum": 0, "maximum": C.MAX_SEED},
+        "stop": {"anyOf": [text, {"type": "array", "items": text, "maxItems": MAX_STOP}]},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "n": {"type": "integer", "minimum": 1, "maximum": 1},
+        "preset": {"enum": sorted(C.PRESETS) + sorted(f"{n}-parallel" for n in C.PRESETS)},
+        "threshold": {**num, "exclusiveMinimum": 0, "maximum": 1}, "factor": {**num, "exclusiveMinimum": 0},
+        "suffix": {"enum": list(C.SUFFIX_POLICIES)}, "window": size, "sigma": {**num, "exclusiveMinimum": 0},
+        "scale": {**num, "exclusiveMinimum": 0}, "uniform_keep": {**size, "minimum": 0},
+        "cache": {"enum": list(C.CACHE_POLICIES)}, "early_termination": {"type": "boolean"},
+        "block_length": size, "steps": size, "confidence": {"enum": list(C.CONFIDENCES)},
+        "schedule": {"enum": list(C.SCHEDULES)}, "top_k": size, "alg_temp": {**num, "minimum": 0},
+        "cfg_scale": {**num, "minimum": 0}, "eps": {**num, "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "compat": {"enum": list(C.COMPAT)},
+    }
+    for name in NULLABLE:
+        props[name] = {"anyOf": [props[name], {"type": "null"}]}
+    for name in sorted(IGNORED - {"stream_options"}):
+        props[name] = {"description": "accepted and ignored when it holds its neutral value"}
+    if kind == "completion":
+        props["prompt"] = {"anyOf": [text, {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                                     {"type": "array", "items": text, "minItems": 1, "maxItems": 1}]}
+        props["chat"] = {"type": "boolean"}
+        main = "prompt"
+    else:
+        part = {"type": "object", "properties": {"type": {"enum": ["text"]}, "text": text},
+                "required": ["type", "text"]}
+        msg = {"type": "object", "required": ["role", "content"],
+               "properties": {"role": {"enum": list(ROLES)},
+                              "content": {"anyOf": [text, {"type": "array", "items": part}]}}}
+        props["messages"] = {"type": "array", "items": msg, "minItems": 1}
+        props["max_completion_tokens"] = props["max_tokens"]
+        main = "messages"
+    schema = {"type": "object", "required": ["model", main], "properties": props, "additionalProperties": False}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality that tells booleans from numbers (``0 == False`` in Python)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    try:
+        return a == b
+    except RecursionError:
+        return False

@@ -8,7 +8,11 @@ seed), and decodes up to ``max_batch_size`` of them as one batch with
 Each job follows its row through the engine's per-block callback: the response text is updated
 block by block (a :class:`TextTracker`), deltas are pushed to the job's event sink as soon as a block
 is committed, and the row leaves the batch as soon as its response is final (EOS, a stop string,
-``max_tokens`` reached) or its client went away (:meth:`Job.cancel`).
+``max_tokens`` reached) or its client went away (:meth:`Job.cancel`, checked before every forward).
+
+Failures are per row: an error in one row's callback fails that row only; if the batch's decode
+itself fails, its unfinished rows are decoded again one by one, so only the row that fails alone
+gets an error (500 ``server_error``) and the others complete.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +36,26 @@ log = logging.getLogger("dpad.serve")
 
 class QueueFull(Exception):
     """The scheduler's queue holds ``max_queue`` waiting jobs."""
+
+
+class ShuttingDown(QueueFull):
+    """The scheduler takes no new jobs: the server is shutting down."""
+
+
+SHUTTING_DOWN = {"status": 503, "message": "the server is shutting down; retry on another instance or later",
+                 "param": None, "code": "server_shutting_down", "type": "server_error"}
+
+
+def internal_error(e: BaseException, what: str) -> dict:
+    """The error event for a genuine server bug: logged once in one line (the full traceback at DEBUG
+    level), reported to the client without internals."""
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+    log.error("%s: %s: %s%s", what, type(e).__name__, str(e)[:300], where)
+    log.debug("traceback", exc_info=e)
+    return {"status": 500, "message": f"internal error while decoding this request ({type(e).__name__}); "
+                                      "the server log has the details", "param": None, "code": None,
+            "type": "server_error"}
 
 
 class TextTracker:
@@ -92,7 +117,8 @@ class Job:
 
     ``sink(kind, payload)`` is called from the worker thread with ``("delta", text)``,
     ``("finish", info)`` (info: finish_reason, completion_tokens, nfe, batch_size...) or
-    ``("error", message)``; it must be thread-safe and must not block.
+    ``("error", {"status", "message", "param", "code", "type"})``; it must be thread-safe and must not
+    block.
     """
 
     ids: list[int]
@@ -107,14 +133,30 @@ class Job:
     first_chunk_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.key = batch_key(self.cfg)
+        # an empty prompt (unconditional generation) cannot share a batch with prompted rows
+        self.key = batch_key(self.cfg) + ("|unconditional" if not self.ids else "")
 
     def cancel(self) -> None:
-        """The client went away: stop at the next block boundary and deliver nothing more."""
+        """The client went away: the row leaves before its next forward and gets nothing more."""
+        self.cancelled.set()
+
+    def fail(self, payload: dict) -> None:
+        """Deliver an error (once) and take the row out of its batch."""
+        if not self.finished:
+            self.finished = True
+            self.sink("error", payload)
         self.cancelled.set()
 
     def on_block(self, ev: BlockEvent) -> bool:
-        """Worker side: returns True when the row can leave the batch."""
+        """Worker side: returns True when the row can leave the batch. An exception here fails this
+        row only."""
+        try:
+            return self._on_block(ev)
+        except Exception as e:  # noqa: BLE001 - one row's failure never touches the others
+            self.fail(internal_error(e, "a row failed after a block"))
+            return True
+
+    def _on_block(self, ev: BlockEvent) -> bool:
         if self.cancelled.is_set():
             return True
         if self.finished:
@@ -172,16 +214,22 @@ class Scheduler:
             self.thread = threading.Thread(target=self._work, name="dpad-scheduler", daemon=True)
             self.thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def cancel_all(self) -> int:
+        """Fail every waiting and running job with 503 ``server_shutting_down`` (running rows leave
+        their batch before their next forward); new jobs are refused. Returns the jobs cancelled."""
         with self.cv:
             self.stopping = True
-            for job in list(self.queue) + self.current:
-                if not job.finished:
-                    job.finished = True
-                    job.sink("error", "the server is shutting down")
-                job.cancel()  # a running batch ends at its next block boundary
+            jobs = [j for j in list(self.queue) + self.current if not j.finished]
+            for job in jobs:
+                job.fail(dict(SHUTTING_DOWN))
             self.queue.clear()
             self.cv.notify_all()
+        if jobs:
+            log.warning("shutdown: cancelled %d unfinished request(s)", len(jobs))
+        return len(jobs)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.cancel_all()
         if self.thread is not None:
             self.thread.join(timeout)
             self.thread = None
@@ -189,7 +237,7 @@ class Scheduler:
     def submit(self, job: Job) -> None:
         with self.cv:
             if self.stopping:
-                raise QueueFull("the server is shutting down")
+                raise ShuttingDown(SHUTTING_DOWN["message"])
             if len(self.queue) >= self.max_queue:
                 self.metrics.rejected.inc()
                 raise QueueFull(f"the server's queue is full ({self.max_queue} requests waiting, "
@@ -243,17 +291,31 @@ class Scheduler:
             batch = [j for j in batch if not j.cancelled.is_set()]
             try:
                 if batch:
-                    self._run(batch)
-            except Exception as e:  # noqa: BLE001 - reported to every client of the batch
-                log.exception("batch failed")
-                for j in batch:
-                    if not j.finished:
-                        j.finished = True
-                        j.sink("error", f"generation failed: {type(e).__name__}: {e}")
+                    self._run_isolated(batch)
             finally:
                 with self.cv:
                     self.running = 0
                     self.current = []
+
+    def _run_isolated(self, batch: list[Job]) -> None:
+        """Decode a batch; if the decode fails, decode its unfinished rows one by one so that only a
+        row that fails on its own gets the error."""
+        try:
+            self._run(batch)
+            return
+        except Exception as e:  # noqa: BLE001
+            if len(batch) == 1:
+                batch[0].fail(internal_error(e, "a request failed"))
+                return
+            log.warning("a batch of %d rows failed (%s: %s); decoding its rows one by one", len(batch),
+                        type(e).__name__, str(e)[:200])
+        for j in batch:
+            if j.finished or j.cancelled.is_set():
+                continue
+            try:
+                self._run([j])
+            except Exception as e:  # noqa: BLE001 - this row only
+                j.fail(internal_error(e, "a request failed"))
 
     def _run(self, batch: list[Job]) -> None:
         lm = self.lm
@@ -268,7 +330,8 @@ class Scheduler:
 
         outs = decode_batch(lm.model, [j.ids for j in batch], batch[0].cfg, mask_id=lm.mask_token_id,
                             eos_id=lm.eos_token_id, eot_id=getattr(lm, "eot_token_id", None),
-                            seeds=[j.cfg.seed for j in batch], on_block=on_block)
+                            seeds=[j.cfg.seed for j in batch], on_block=on_block,
+                            is_cancelled=lambda r: batch[r].cancelled.is_set())
         m.batch_forwards.inc(outs[0].batch_forwards if outs else 0)
         for j, out in zip(batch, outs, strict=True):
             if not j.finished and not j.cancelled.is_set():  # not reached: the last block finishes a row
