@@ -20,6 +20,7 @@ import dpad
 import dpad.api
 from dpad.cli import build_parser, main
 from dpad.config import DecodeConfig
+from dpad.train import trainer
 
 DECODE_FLAGS = {f.name for f in fields(DecodeConfig)}
 
@@ -34,6 +35,7 @@ def no_load(monkeypatch: pytest.MonkeyPatch) -> None:
         raise Reached
 
     monkeypatch.setattr(dpad.api, "load", load)
+    monkeypatch.setattr(trainer, "train", load)  # dpad train: the training run
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[object, str, float]:
@@ -65,6 +67,7 @@ def bases(tmp: Path) -> dict[str, list[str]]:
         "analyze attention": ["analyze", "attention", "--out", str(tmp / "a")],
         "analyze migration": ["analyze", "migration", "--out", str(tmp / "m"), "--n-problems", "1"],
         "analyze keep": ["analyze", "keep", "--out", str(tmp / "k"), "--run"],
+        "train": ["train", "--out", str(tmp / "t")],
     }
 
 
@@ -82,6 +85,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
             out.update({f"{name} {n}": q for n, q in nested.items()})
         else:
             out[name] = p
+    out["train"] = trainer.build_parser()  # `dpad train` parses its own flags
     return out
 
 
@@ -109,11 +113,9 @@ HUGE = "1" * 40
 def test_numeric_flag_sweep(tmp_path: Path, no_load: None, capsys: pytest.CaptureFixture) -> None:
     all_parsers = parsers()
     base = bases(tmp_path)
-    assert set(all_parsers) - {"train"} == set(base), "a new subcommand needs a base invocation here"
+    assert set(all_parsers) == set(base), "a new subcommand needs a base invocation here"
     n = 0
     for name, p in all_parsers.items():
-        if name == "train":
-            continue
         flags = numeric_flags(p, decode=name == "generate")  # decoding flags are shared: swept once
         assert flags or name == "generate"
         for flag, kind in flags:
@@ -157,7 +159,8 @@ def test_bad_invocations(tmp_path: Path, no_load: None, capsys: pytest.CaptureFi
         ["serve", "--port", port], ["serve", "--host", "192.0.2.1", "--port", "0"],
         [*b["serve"], "--shutdown-timeout", "-1"], [*b["serve"], "--max-batch-size", "0"],
         [*b["serve"], "--log-level", "loud"], [*b["bench"], "--gen-lengths", "0"],
-        [*b["analyze migration"], "--n-problems", "0"],
+        [*b["analyze migration"], "--n-problems", "0"], [*b["train"], "--lr", "nan"], [*b["train"], "--dim", "0"],
+        [*b["train"], "--no-such-flag"],
     ]
     try:
         for argv in cases:

@@ -139,15 +139,18 @@ def test_cli_eval_by_id(hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_cli_serve_by_id(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     httpx = pytest.importorskip("httpx")
     from dpad.serve import ServerThread
 
     apps: list = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    import dpad.serve.app
+
+    monkeypatch.setattr(dpad.serve.app, "run_server", lambda app, sock, **kw: apps.append(app))
     texts = {}
     for model in ("dpad-test/embedded", None):  # by id, then the embedded model by path
-        assert dpad_main(["serve", *(["--model", model] if model else []), "--max-batch-size", "2", *FAST]) == 0
+        assert dpad_main(["serve", *(["--model", model] if model else []), "--port", "0", "--max-batch-size", "2",
+                          *FAST]) == 0
         served = model or "dpad-embedded"
         with ServerThread(apps[-1]) as url:
             assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == [served]

@@ -221,11 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["train"]:
-            return cmd_train(argparse.Namespace(), argv[1:])
-        ap = build_parser()
         try:
-            ns = ap.parse_args(argv)
+            if argv[:1] == ["train"]:
+                return cmd_train(argparse.Namespace(), argv[1:])
+            ns = build_parser().parse_args(argv)
         except SystemExit as e:  # --help (0) or a one-line usage error (2)
             return e.code if isinstance(e.code, int) else 2
         return int(ns.func(ns) or 0)

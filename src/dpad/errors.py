@@ -29,13 +29,21 @@ class CheckpointError(DpadError):
     """A checkpoint directory is missing, incomplete, corrupt or of an unknown type."""
 
 
-def writable_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create the directory ``path`` (with its parents) and check that a file can be written in it,
-    before any work; a ConfigError naming ``flag`` otherwise."""
+def writable_dir(path: str | Path, flag: str = "--out", create: bool = True) -> Path:
+    """Check, before any work, that files can be written in the directory ``path`` (created with its
+    parents when ``create``; otherwise checked through its nearest existing ancestor, leaving no
+    trace); a ConfigError naming ``flag`` when they cannot."""
     p = Path(path)
+    probe = p
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=p):
+        if create:
+            p.mkdir(parents=True, exist_ok=True)
+        else:
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            if not probe.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(probe))
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:
         raise ConfigError(f"{flag} {short_repr(str(p))} is not a writable directory "

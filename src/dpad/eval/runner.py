@@ -305,7 +305,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} is invalid: must be >= 1")
-    writable_dir(out)  # an unwritable --out fails now, not after the whole evaluation
+    writable_dir(out, create=False)  # an unwritable --out fails now, not after the whole evaluation
     if method is not None:
         canonical_method(method)
     config_json = read_config(model, revision) if model is not None else None

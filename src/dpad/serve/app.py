@@ -419,6 +419,11 @@ def make_server(app: FastAPI, *, log_level: str = "info", shutdown_timeout: floa
                                   timeout_graceful_shutdown=shutdown_timeout + 1.0))
 
 
+def run_server(app: FastAPI, sock: socket.socket, *, log_level: str = "info", shutdown_timeout: float = 10.0) -> None:
+    """Serve ``app`` on the bound ``sock`` until SIGTERM/SIGINT (see :func:`make_server`)."""
+    make_server(app, log_level=log_level, shutdown_timeout=shutdown_timeout).run(sockets=[sock])
+
+
 class ServerThread:
     """Run an app with uvicorn on a background thread (tests, load test); ``with`` yields the base URL.
 

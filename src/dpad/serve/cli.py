@@ -42,10 +42,10 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401
 
-        from .app import bind_socket, create_app, default_model_id, make_server
+        from . import app as app_mod
     except ImportError as e:
         raise ConfigError(f"`dpad serve` needs FastAPI and uvicorn: pip install 'dpad-dllm[serve]' ({e})") from e
-    sock = bind_socket(ns.host, ns.port)  # a port in use or a bad host fails here, before the model loads
+    sock = app_mod.bind_socket(ns.host, ns.port)  # a port in use or a bad host fails here, before the model loads
     try:
         import torch
 
@@ -54,15 +54,15 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         if ns.threads:
             torch.set_num_threads(ns.threads)
         lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
-        model_id = ns.served_model_name or default_model_id(ns.model)
-        app = create_app(lm, model_id=model_id, defaults=defaults, max_batch_size=ns.max_batch_size,
-                         max_queue=ns.max_queue, batch_wait_ms=ns.batch_wait_ms)
+        model_id = ns.served_model_name or app_mod.default_model_id(ns.model)
+        app = app_mod.create_app(lm, model_id=model_id, defaults=defaults, max_batch_size=ns.max_batch_size,
+                                 max_queue=ns.max_queue, batch_wait_ms=ns.batch_wait_ms)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"dpad serve: model '{model_id}' on http://{shown}:{port}/v1 "
               f"(max batch {ns.max_batch_size}, queue {ns.max_queue}, defaults: {defaults.method_name()}, "
               f"gen_length {defaults.gen_length}, block {defaults.block_length})", flush=True)
-        make_server(app, log_level=ns.log_level, shutdown_timeout=ns.shutdown_timeout).run(sockets=[sock])
+        app_mod.run_server(app, sock, log_level=ns.log_level, shutdown_timeout=ns.shutdown_timeout)
     finally:
         sock.close()
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -399,13 +399,29 @@ def train(cfg: TrainConfig) -> dict:
     return final
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    ap = argparse.ArgumentParser(prog="dpad train", description="Train the embedded tiny dLLM (LLaDA SFT recipe).")
+# numeric settings that must be >= 1 (the others are >= 0); every number is finite and bounded
+_AT_LEAST_ONE = {"dim", "layers", "heads", "hidden", "max_seq_len", "batch_tokens", "max_steps",
+                 "eval_gen", "final_test_gen", "pool_size", "threads", "long_min", "long_max"}
+
+
+def build_parser() -> Any:
+    """``dpad train``'s flags: one per TrainConfig field (one-line errors, ranged numbers)."""
+    from ..cli import ArgumentParser, float_in, int_in
+
+    ap = ArgumentParser(prog="dpad train", description="Train the embedded tiny dLLM (LLaDA SFT recipe).")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        ap.add_argument(flag, type=type(f.default), default=f.default)
-    ns = ap.parse_args(argv)
-    return TrainConfig(**vars(ns))
+        typ: Any = type(f.default)
+        if typ is int:
+            typ = int_in(1 if f.name in _AT_LEAST_ONE else 0, 10**9)
+        elif typ is float:
+            typ = float_in(0.0, 1e9)
+        ap.add_argument(flag, type=typ, default=f.default)
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    return TrainConfig(**vars(build_parser().parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
