@@ -121,6 +121,9 @@ def _completion_cases() -> list[tuple[str, dict]]:
         "preset unknown": {"preset": "nope"}, "preset int": {"preset": 5}, "preset surrogate": {"preset": "\ud800"},
         "early_termination str": {"early_termination": "yes"}, "chat str": {"chat": "no"},
         "origin + threshold": {"confidence": "origin"},
+        "entropy_bound -1": {"threshold": None, "entropy_bound": -1},
+        "entropy_bound + threshold": {"entropy_bound": 0.1}, "dependency_distance 0": {"dependency_distance": 0},
+        "dependency_threshold alone": {"dependency_threshold": 0.9}, "logits_eos_inf str": {"logits_eos_inf": "1"},
         # stop
         "stop int": {"stop": 5}, "stop list of ints": {"stop": [1]}, "stop empty string": {"stop": [""]},
         "stop 17 strings": {"stop": ["a"] * 17}, "stop dict": {"stop": {"a": 1}}, "stop too long": {"stop": ["x" * 2000]},
@@ -255,6 +258,10 @@ def test_params_and_codes(http: httpx.Client) -> None:
         e = err(body)
         assert e["param"] == param and e["type"] == "invalid_request_error", (body, e)
     assert "lone surrogate" in err({"prompt": "a\ud800b"})["message"]
+    # every DecodeConfig field is a knob (the same ranges as the CLI): a valid one decodes
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": QS[0], "max_tokens": 16, "threshold": None,
+                                           "entropy_bound": 0.1, "dependency_distance": 2})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"], r.text
     assert err({"max_tokens": 10**30})["code"] == "context_length_exceeded"
     r = http.post("/v1/completions", content=b'{"prompt": ' + deep(100_000).encode() + b"}",
                   headers={"Content-Type": "application/json"})

@@ -27,12 +27,12 @@ Request fields:
   (default: the server's, so equal requests give equal answers), ``stop`` (up to 16 strings),
   ``n`` (1 only), ``stream``, ``stream_options``; ``user``/``metadata`` and similar are ignored;
   penalties, ``logprobs``, ``echo``, ``best_of`` > 1, tools are refused with 400 unless neutral.
-- dpad knobs as extra fields: ``preset``, ``threshold``, ``factor``, ``suffix`` (dpad's suffix
-  policy — OpenAI's insertion suffix is not supported), ``window``, ``sigma``, ``scale``,
-  ``uniform_keep``, ``cache``, ``early_termination``, ``block_length``, ``steps``, ``confidence``,
-  ``schedule``, ``top_k``, ``alg_temp``, ``cfg_scale``, ``eps``, ``compat``; a ``preset`` replaces
-  the server's defaults, the other knobs override; ``null`` unsets ``threshold``/``factor``/``window``/
-  ``steps``/``top_k``. ``/v1/completions`` also takes ``chat`` (apply the chat template to a text
+- dpad knobs as extra fields: ``preset`` and every :class:`~dpad.config.DecodeConfig` field not
+  set by an OpenAI field (``threshold``, ``factor``, ``entropy_bound``, ``suffix`` — dpad's suffix
+  policy, OpenAI's insertion suffix is not supported —, ``window``, ``sigma``, ``scale``, ``cache``,
+  ``early_termination``, ``block_length``, ``steps``, ``confidence``, ``top_k``, ``compat``, ...),
+  with DecodeConfig's ranges; a ``preset`` replaces the server's defaults, the other knobs
+  override; ``null`` unsets an optional one (``threshold``, ``window``, ``steps``, ...). ``/v1/completions`` also takes ``chat`` (apply the chat template to a text
   prompt; default as :func:`dpad.generate`: when the tokenizer has one). Unknown fields -> 400.
 
 Every field is validated (type, range, size against the model) before a request joins a batch;

@@ -30,14 +30,23 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "modalities": (None, ["text"]), "reasoning_effort": (None,),
 }
 COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n"}
-# dpad decoding knobs accepted as extra body fields, with their JSON types
-KNOBS: dict[str, type | tuple[type, ...]] = {
-    "preset": str, "threshold": (int, float), "factor": (int, float), "suffix": str, "window": int,
-    "sigma": (int, float), "scale": (int, float), "uniform_keep": int, "cache": str, "early_termination": bool,
-    "block_length": int, "steps": int, "confidence": str, "schedule": str, "top_k": int,
-    "alg_temp": (int, float), "cfg_scale": (int, float), "eps": (int, float), "compat": str,
-}
-NULLABLE = {"threshold", "factor", "window", "uniform_keep", "steps", "top_k"}
+
+
+def _knobs() -> dict[str, type | tuple[type, ...]]:
+    """Every DecodeConfig field is an extra body field (its JSON type from the field's type), except
+    those OpenAI's own fields set (max_tokens -> gen_length, temperature, top_p, seed)."""
+    out: dict[str, type | tuple[type, ...]] = {"preset": str}
+    for f in fields(DecodeConfig):
+        if f.name in ("gen_length", "temperature", "top_p", "seed", "extra"):
+            continue
+        t = str(f.type)
+        out[f.name] = bool if "bool" in t else str if "str" in t else int if "int" in t else (int, float)
+    return out
+
+
+# dpad decoding knobs accepted as extra body fields, with their JSON types; null unsets the optional ones
+KNOBS = _knobs()
+NULLABLE = {f.name for f in fields(DecodeConfig) if f.name in KNOBS and f.default is None}
 MAX_STOP = 16
 MAX_STOP_CHARS = 1024
 
@@ -320,6 +329,9 @@ def request_schema(kind: str) -> dict:
         "cfg_scale": {**num, "minimum": 0}, "eps": {**num, "exclusiveMinimum": 0, "exclusiveMaximum": 1},
         "compat": {"enum": list(C.COMPAT)},
     }
+    json_type = {bool: "boolean", str: "string", int: "integer"}
+    for name, t in KNOBS.items():  # knobs without a richer entry above: their JSON type
+        props.setdefault(name, {"type": json_type[t]} if t in json_type else num)
     for name in NULLABLE:
         props[name] = {"anyOf": [props[name], {"type": "null"}]}
     for name in sorted(IGNORED - {"stream_options"}):
