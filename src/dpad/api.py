@@ -35,18 +35,34 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load(path: str | Path | None = None, device: str | torch.device | None = "auto",
-         dtype: str | torch.dtype | None = "auto", revision: str | None = None) -> LoadedModel:
+         dtype: str | torch.dtype | None = "auto", revision: str | None = None,
+         compile: bool | dict[str, Any] = False) -> LoadedModel:  # noqa: A002
     """Load a LLaDA/Dream checkpoint: a directory, or a Hugging Face Hub id ``ORG/NAME`` (at
     ``revision``) taken from the local hub cache first; ``path=None`` loads the embedded model.
 
-    ``dtype='auto'`` is bfloat16 on CUDA and float32 on CPU.
+    ``dtype='auto'`` is bfloat16 on CUDA and float32 on CPU. ``compile=True`` runs the model
+    forward through ``torch.compile`` (dynamic shapes on CPU; 64-token buckets + CUDA graphs on
+    CUDA; a dict gives :class:`~dpad.models.compiled.CompiledForward` options) and warms it up
+    once, printing the first compile time; same tokens as eager (see docs).
     """
+    if not isinstance(compile, (bool, dict)):
+        raise ConfigError(f"compile={compile!r} must be True, False or a dict of options (mode, bucket)")
     if path is None and revision is not None:
         raise ConfigError(f"revision={revision!r} needs a hub id: the embedded model has no revisions")
     dev = resolve_device(device)
     if dtype is None or dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    return _load_checkpoint(EMBEDDED_MODEL if path is None else path, device=dev, dtype=dtype, revision=revision)
+    lm = _load_checkpoint(EMBEDDED_MODEL if path is None else path, device=dev, dtype=dtype, revision=revision)
+    if compile is not False:
+        from .models.compiled import default_options, warm_up
+
+        opts = {**default_options(dev), **(compile if isinstance(compile, dict) else {})}
+        try:
+            lm.model.compile(**opts)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"compile options {compile!r}: {e}") from e
+        warm_up(lm.model)
+    return lm
 
 
 @dataclass

@@ -133,6 +133,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, float64 or auto (default)")
     p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None, help="torch CPU threads")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model forward through torch.compile (warm-up compile printed; same tokens; "
+                        "on CPU it is not faster on small models, see docs/performance.md)")
 
 
 def parse_ids(text: str) -> list[int]:
@@ -177,7 +180,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     check_before_load(ns.model, cfg, prompt, ns.revision)
     if ns.threads:
         torch.set_num_threads(ns.threads)
-    lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
+    lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision, compile=ns.compile)
     chat = ns.chat
     out = generate(lm, [prompt], cfg, chat=chat)[0]  # a list of one: [] is the empty prompt, not no prompt
     if ns.json:

@@ -30,7 +30,7 @@ def _setup(ns: argparse.Namespace) -> Any:
         if ns.threads < 1:
             raise ConfigError("--threads must be >= 1")
         torch.set_num_threads(ns.threads)
-    return load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
+    return load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision, compile=ns.compile)
 
 
 def _add_prompt_args(p: argparse.ArgumentParser) -> None:

@@ -50,7 +50,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         accuracy_baseline_gen=ns.accuracy_baseline_gen,
         accuracy_methods=list(ns.accuracy_methods) if ns.accuracy_methods else None,
         accuracy_batch_size=ns.accuracy_batch_size, task=ns.task, task_options=task_options, model=ns.model,
-        revision=ns.revision, device=ns.device, dtype=ns.dtype, threads=ns.threads, preset=ns.preset, overrides=decode_overrides(ns))
+        revision=ns.revision, device=ns.device, dtype=ns.dtype, threads=ns.threads, preset=ns.preset, overrides=decode_overrides(ns),
+        compile=ns.compile)
     from ..eval.env import command_from_namespace
 
     result = run_ladder(settings, ns.out or "benchmarks/results/ladder", resume=ns.resume, overwrite=ns.overwrite, progress=not ns.no_progress,

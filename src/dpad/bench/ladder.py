@@ -69,6 +69,7 @@ class LadderSettings:
     threads: int = 2
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False
 
     # fields that must match for --resume to continue a run (methods/lengths may grow)
     RESUME_KEYS = ("task", "task_options", "model", "revision", "preset", "overrides", "accuracy_baseline_gen", "dtype")
@@ -359,7 +360,8 @@ def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    lm = load(settings.model, device=settings.device, dtype=settings.dtype, revision=settings.revision)
+    lm = load(settings.model, device=settings.device, dtype=settings.dtype, revision=settings.revision,
+              compile=settings.compile)
     env = collect_env(lm.model.device, next(lm.model.parameters()).dtype)
     env["interop_threads"] = torch.get_num_interop_threads()
     cmd = command or command_line()

@@ -73,6 +73,7 @@ class GenerationOutput:
             "kept_suffix_per_block": [len(k) for k in self.kept_per_block],
             "batch_size": self.batch_size,
             "batch_forwards": self.batch_forwards,
+            **({"compile": self.extra["compile"]} if "compile" in self.extra else {}),
         }
 
 
@@ -279,6 +280,8 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
                 still.append(r)
         alive = still
 
+    compiled = getattr(model, "compiled", None)
+    extra = {"compile": compiled.stats()} if compiled is not None else {}
     outs = []
     for r in range(N):
         gen_ids = canvas[r, Pm:].tolist()
@@ -288,5 +291,5 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
             prompt=prompts_t[r].tolist(), generated=gen_ids, nfe=runner.row_nfe[r], forwards_per_block=forwards[r],
             kept_per_block=kept_sets[r], model_time_s=runner.row_model_time[r], total_time_s=t_done[r],
             response_length=resp_len, stopped_early=stopped[r], blocks_decoded=len(forwards[r]),
-            batch_size=N, batch_forwards=runner.nfe, cancelled=cancelled[r]))
+            batch_size=N, batch_forwards=runner.nfe, cancelled=cancelled[r], extra=dict(extra)))
     return outs

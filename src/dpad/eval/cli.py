@@ -38,7 +38,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     command = command_from_namespace(ns._parser, ns, "dpad eval")
     result = run_eval(command=command, task=task, method=ns.method, preset_name=ns.preset, overrides=decode_overrides(ns),
-                      model=ns.model, revision=ns.revision, device=ns.device, dtype=ns.dtype, threads=ns.threads, limit=ns.limit,
+                      model=ns.model, revision=ns.revision, device=ns.device, dtype=ns.dtype, threads=ns.threads, limit=ns.limit, compile=ns.compile,
                       out=ns.out, batch_size=ns.batch_size, progress=not ns.no_progress, stub=ns.model_stub)
     if result is not None:
         from .runner import markdown_table

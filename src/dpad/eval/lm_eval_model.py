@@ -14,7 +14,7 @@ Model arguments (``--model_args k=v,...``):
 
 * ``pretrained``: checkpoint directory or Hugging Face Hub id ``ORG/NAME`` (local hub cache first;
   omitted or ``embedded``: the embedded model), ``revision``: its hub branch, tag or commit;
-  ``device`` (``auto``), ``dtype`` (``auto``), ``threads``;
+  ``device`` (``auto``), ``dtype`` (``auto``), ``threads``, ``compile`` (torch.compile the forward);
 * ``method``: a ladder method (``vanilla``, ``dpad``, ``parallel+prefix+dpad``, ...; the
   model family's published W/k/a) and/or ``preset`` (a :data:`dpad.config.PRESETS` name);
 * every :class:`~dpad.config.DecodeConfig` field: ``gen_length``, ``block_length``, ``steps``,
@@ -108,7 +108,7 @@ class DpadLM(LM):
     def __init__(self, pretrained: str | None = None, device: str | None = "auto", dtype: str | None = "auto",
                  batch_size: int | str | None = 1, max_batch_size: int | None = None, method: str | None = None,
                  preset: str | None = None, chat: bool | str | None = "auto", threads: int | None = None,
-                 revision: str | None = None, **kwargs: Any) -> None:
+                 revision: str | None = None, compile: bool | str = False, **kwargs: Any) -> None:  # noqa: A002
         super().__init__()
         import torch
 
@@ -138,7 +138,7 @@ class DpadLM(LM):
         if threads:
             torch.set_num_threads(int(threads))
         self.lm = load(path, device=self._dist.device_for(device or "auto"), dtype=dtype or "auto",
-                       revision=revision)
+                       revision=revision, compile=_as_bool(compile))
         self._device = self.lm.model.device
         self.pretrained = path or "embedded"
 

@@ -288,7 +288,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
              out: str | Path = "eval_results", batch_size: int = 1, progress: bool = True,
              stub: str | None = None, command: str | None = None,
              generate_fn: GenerateFn | None = None,
-             allow_unsandboxed: bool | None = None) -> dict[str, Any] | None:
+             allow_unsandboxed: bool | None = None, compile: bool = False) -> dict[str, Any] | None:  # noqa: A002
     """Everything ``dpad eval`` does. Returns the result dict on rank 0 (None on other ranks).
 
     ``stub`` (``canonical``/``empty``) or ``generate_fn`` replace the model (tests). Tasks that
@@ -328,7 +328,7 @@ def run_eval(*, task: Task, method: str | None = None, preset_name: str | None =
         elif generate_fn is None:
             from ..api import load
 
-            lm = load(model, device=ctx.device_for(device), dtype=dtype, revision=revision)
+            lm = load(model, device=ctx.device_for(device), dtype=dtype, revision=revision, compile=compile)
             dev_str, dtype_str = str(lm.model.device), str(next(lm.model.parameters()).dtype)
             chat_used = task.chat if task.chat is not None else lm.is_chat
             generate_fn = model_generate_fn(lm, chat=chat_used, batch_size=batch_size)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +133,13 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.slots = slots
 
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, start: int | torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v at slots ``[start, start + T)``, or at the slots a LongTensor ``start`` [T] lists."""
+        if isinstance(start, torch.Tensor):
+            self.k[layer].index_copy_(2, start, k)
+            self.v[layer].index_copy_(2, start, v)
+            return self.k[layer], self.v[layer]
         end = start + k.shape[2]
         if start < 0 or end > self.slots:
             raise ValueError(f"cache write [{start}, {end}) outside the cache's {self.slots} slots")
@@ -162,6 +168,18 @@ def _fuse_linears(*mods: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
             m.bias = nn.Parameter(b[o:o + n], requires_grad=rg)
         o += n
     return w, b
+
+
+Rows = tuple[int, int] | torch.Tensor
+"""Row selection along the sequence: a ``(start, end)`` range or a LongTensor of row indices."""
+
+
+def take_rows(t: torch.Tensor, rows: Rows | None, dim: int) -> torch.Tensor:
+    if rows is None:
+        return t
+    if isinstance(rows, torch.Tensor):
+        return t.index_select(dim, rows)
+    return t.narrow(dim, rows[0], rows[1] - rows[0])
 
 
 def _use_fused(fused: torch.Tensor | None, weight: torch.Tensor) -> bool:
@@ -203,14 +221,13 @@ class Attention(nn.Module):
         return rotary.apply(k.transpose(1, 2), cos, sin)
 
     def _project(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor,
-                 rows: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 rows: Rows | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q of the query rows ``[B, H, Tq, hd]``, k and v of every row ``[B, H_kv, T, hd]``, exactly
         as :meth:`query` / :meth:`key` compute them (per-head norm if any, then RoPE)."""
         B, T, _ = x.shape
         H, Hk, hd = self.n_heads, self.n_kv_heads, self.head_dim
         if not _use_fused(self.wqkv, self.q_proj.weight):
-            xq, cq, sq = (x, cos, sin) if rows is None else (
-                x[:, rows[0]:rows[1]], cos[:, :, rows[0]:rows[1]], sin[:, :, rows[0]:rows[1]])
+            xq, cq, sq = take_rows(x, rows, 1), take_rows(cos, rows, 2), take_rows(sin, rows, 2)
             v = self.v_proj(x).view(B, T, Hk, hd).transpose(1, 2)
             return self.query(xq, rotary, cq, sq), self.key(x, rotary, cos, sin), v
         w, b = self.wqkv, self.bqkv
@@ -225,18 +242,18 @@ class Attention(nn.Module):
             cq, sq = cos, sin
         else:
             nq = H * hd
-            xq = x[:, rows[0]:rows[1]]
+            xq = take_rows(x, rows, 1)
             q = F.linear(xq, w[:nq], None if b is None else b[:nq]).view(B, xq.shape[1], H, hd)
             kv = F.linear(x, w[nq:], None if b is None else b[nq:]).view(B, T, 2 * Hk, hd)
             k, v = kv[:, :, :Hk], kv[:, :, Hk:].transpose(1, 2)
-            cq, sq = cos[:, :, rows[0]:rows[1]], sin[:, :, rows[0]:rows[1]]
+            cq, sq = take_rows(cos, rows, 2), take_rows(sin, rows, 2)
         if norm:
             q, k = self.q_norm(q), self.k_norm(k)
         return rotary.apply(q.transpose(1, 2), cq, sq), rotary.apply(k.transpose(1, 2), cos, sin), v
 
     def forward(self, x: torch.Tensor, rotary: Rotary, cos: torch.Tensor, sin: torch.Tensor,
                 layer: int, cache: KVCache | None, cache_start: int,
-                key_mask: torch.Tensor | None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+                key_mask: torch.Tensor | None, rows: Rows | None = None) -> torch.Tensor:
         """The attention output of rows ``rows`` (default: every row) of ``x``; the keys and values
         come from every row (and the cache)."""
         B = x.shape[0]
@@ -287,7 +304,7 @@ class Block(nn.Module):
     def forward(self, x, rotary, cos, sin, layer, cache, cache_start, key_mask, rows=None):  # noqa: ANN001
         """``rows``: the output of these rows only (keys and values still come from every row)."""
         h = self.attn(self.attn_norm(x), rotary, cos, sin, layer, cache, cache_start, key_mask, rows)
-        x = (x if rows is None else x[:, rows[0]:rows[1]]) + h
+        x = take_rows(x, rows, 1) + h
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -302,6 +319,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.head = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.rotary = Rotary(args.head_dim, args.rope_theta, args.rope_full_precision, args.max_seq_len)
+        self.compiled = None  # a dpad.models.compiled.CompiledForward once compile() ran
 
     @property
     def dtype(self) -> torch.dtype:
@@ -312,8 +330,18 @@ class Transformer(nn.Module):
         return self.embed.weight.device
 
     def new_cache(self, batch: int, slots: int) -> KVCache:
+        if self.compiled is not None:
+            return self.compiled.new_cache(batch, slots)
         a = self.args
         return KVCache(a.n_layers, batch, a.n_kv_heads, slots, a.head_dim, self.dtype, self.device)
+
+    def compile(self, **options: Any) -> Transformer:  # type: ignore[override]
+        """Route inference forwards through ``torch.compile`` (see :class:`~dpad.models.compiled.CompiledForward`
+        for ``options``: mode, bucket, backend). Returns the model."""
+        from .compiled import CompiledForward
+
+        self.compiled = CompiledForward(self, **options)
+        return self
 
     def forward(
         self,
@@ -323,15 +351,28 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         cache_start: int = 0,
         key_mask: torch.Tensor | None = None,
-        logits_range: tuple[int, int] | None = None,
+        logits_range: Rows | None = None,
         return_hidden: bool = False,
     ) -> torch.Tensor:
         """Raw logits ``[B, n, V]`` for rows ``logits_range`` (default: all) of the input.
 
         ``positions`` [B, T] are absolute RoPE positions (default ``0..T-1``). With ``cache``
-        the keys/values of this input are written at slots ``cache_start..`` and attention runs
-        over all cache slots; ``key_mask`` [B, S] (True = attend) masks padded slots.
+        the keys/values of this input are written at slots ``cache_start..`` (or the slots a
+        LongTensor ``cache_start`` lists) and attention runs over all cache slots; ``key_mask``
+        [B, S] (True = attend) masks padded slots. ``logits_range``: ``(start, end)`` or a
+        LongTensor of rows. After :meth:`compile`, forwards without autograd run compiled.
         """
+        if self.compiled is not None and not torch.is_grad_enabled():
+            return self.compiled(input_ids, positions, cache=cache, cache_start=cache_start, key_mask=key_mask,
+                                 logits_range=logits_range, return_hidden=return_hidden)
+        return self.forward_eager(input_ids, positions, cache=cache, cache_start=cache_start, key_mask=key_mask,
+                                  logits_range=logits_range, return_hidden=return_hidden)
+
+    def forward_eager(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, *,
+                      cache: KVCache | None = None, cache_start: int | torch.Tensor = 0,
+                      key_mask: torch.Tensor | None = None, logits_range: Rows | None = None,
+                      return_hidden: bool = False) -> torch.Tensor:
+        """:meth:`forward` without the compiled route (what ``torch.compile`` traces)."""
         B, T = input_ids.shape
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
@@ -341,8 +382,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):  # the last layer computes only the logits rows
             x = layer(x, self.rotary, cos, sin, i, cache, cache_start, key_mask,
                       logits_range if i == last else None)
-        if logits_range is not None and last < 0:
-            x = x[:, logits_range[0]:logits_range[1]]
+        if last < 0:
+            x = take_rows(x, logits_range, 1)
         x = self.norm(x)
         if return_hidden:
             return x

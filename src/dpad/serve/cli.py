@@ -53,7 +53,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
         if ns.threads:
             torch.set_num_threads(ns.threads)
-        lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision)
+        lm = load(ns.model, device=ns.device, dtype=ns.dtype, revision=ns.revision, compile=ns.compile)
         model_id = ns.served_model_name or app_mod.default_model_id(ns.model)
         app = app_mod.create_app(lm, model_id=model_id, defaults=defaults, max_batch_size=ns.max_batch_size,
                                  max_queue=ns.max_queue, batch_wait_ms=ns.batch_wait_ms)
