@@ -211,7 +211,7 @@ def markdown(result: dict) -> str:
         "### dpad vs the DPad reference implementation (embedded model, CPU)", "",
         f"{env['cpu']}, {env['threads']} threads per side, float32; dpad: torch {env['dpad']['torch']}; "
         f"reference: torch {env['reference']['torch']}, transformers {env['reference']['transformers']}; "
-        f"git {env['git']}. {result['n']} arith eval prompts, seed {SEED}, {result['repeats']} repeats per "
+        f"git {env['git']}. {result['n']} arith eval prompts (vanilla: {result['vanilla_n']}), seed {SEED}, {result['repeats']} repeats per "
         f"problem (vanilla: {result['vanilla_repeats']}), sides interleaved per problem with alternating "
         f"order. Load average (1/5/15 min) at start {env['loadavg_start']}, at end {env['loadavg_end']} "
         f"on {env['cpus']} CPUs.", "",
@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=10, help="arith eval prompts (default 10)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per problem and side (default 3)")
     ap.add_argument("--vanilla-repeats", type=int, default=1, help="repeats for vanilla256 (default 1)")
+    ap.add_argument("--vanilla-n", type=int, default=None, help="prompts for vanilla256 (default: --n)")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     ap.add_argument("--compiled-vanilla", action="store_true", help="also run vanilla256 in compiled mode")
@@ -263,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--n, --repeats, --vanilla-repeats and --threads must be >= 1")
 
     from dpad.api import embedded_model_path
-    from dpad.eval.env import collect_env, command_line, git_revision
     from dpad.eval.tasks import get_task
 
     task = get_task("arith")
@@ -276,60 +276,78 @@ def main(argv: list[str] | None = None) -> int:
     ref = Worker("reference", [ns.ref_python, me, "--worker", "ref", "--threads", str(ns.threads),
                                "--ref-dir", ns.ref_dir, "--model-dir", str(embedded_model_path())], ref_env)
     load_start = [round(x, 2) for x in os.getloadavg()]
+    info: dict[str, Any] = {}
+
+    def save(rows: list, problems: list, compile_stats: dict, complete: bool) -> None:
+        _save(ns, info, load_start, rows, problems, compile_stats, complete)
+
     try:
-        info = {"dpad": ours.ask(op="info"), "reference": ref.ask(op="info")}
+        info.update({"dpad": ours.ask(op="info"), "reference": ref.ask(op="info")})
         prompts = ours.ask(op="encode", texts=[s.prompt for s in samples], chat=task.chat)["ids"]
         rows: list[dict[str, Any]] = []
         problems: list[dict[str, Any]] = []
         compile_stats: dict[str, Any] = {}
-        for mode in ns.modes:
+        # the DPad settings first, vanilla (the long one) last
+        plan = sorted(((m, n) for m in ns.modes for n in ns.settings),
+                      key=lambda mn: SETTINGS[mn[1]]["method"] == "vanilla")
+        for mode, name in plan:
             compiled = mode == "compiled"
-            for name in ns.settings:
-                st = SETTINGS[name]
-                if compiled and st["method"] == "vanilla" and not ns.compiled_vanilla:
-                    continue
-                req = {"op": "run", "method": st["method"], "gen_length": st["gen_length"], "compiled": compiled}
-                # untimed warm-up of both sides (compiles the dpad side in compiled mode)
-                ours.ask(**req, ids=prompts[0])
-                ref.ask(**req, ids=prompts[0])
-                reps = ns.vanilla_repeats if st["method"] == "vanilla" else ns.repeats
-                per = []
-                for i, ids in enumerate(prompts):
-                    lat: dict[str, list[float]] = {"dpad": [], "ref": []}
-                    last: dict[str, dict] = {}
-                    order = [("dpad", ours), ("ref", ref)] if i % 2 == 0 else [("ref", ref), ("dpad", ours)]
-                    for _ in range(reps):
-                        for side, w in order:
-                            rep = w.ask(**req, ids=ids)
-                            lat[side].append(rep["latency_s"])
-                            last[side] = rep
-                    if compiled and last["dpad"].get("compile"):
-                        compile_stats = last["dpad"]["compile"]
-                    d, r = statistics.median(lat["dpad"]), statistics.median(lat["ref"])
-                    per.append({"setting": name, "mode": mode, "index": i, "dpad_latency_s": d, "ref_latency_s": r,
-                                "ratio": d / r, "dpad_runs_s": lat["dpad"], "ref_runs_s": lat["ref"],
-                                "dpad_nfe": last["dpad"]["nfe"], "ref_nfe": last["ref"]["nfe"],
-                                "tokens_identical": last["dpad"]["tokens"] == last["ref"]["tokens"],
-                                "dpad_model_time_s": last["dpad"].get("model_time_s")})
-                    print(f"[vs_reference] {mode} {name} problem {i}: dpad {d:.3f}s ref {r:.3f}s ratio {d / r:.2f} "
-                          f"nfe {per[-1]['dpad_nfe']}/{per[-1]['ref_nfe']} same={per[-1]['tokens_identical']}",
-                          file=sys.stderr, flush=True)
-                problems += per
-                md = statistics.mean(p["dpad_latency_s"] for p in per)
-                mr = statistics.mean(p["ref_latency_s"] for p in per)
-                rows.append({"setting": name, "mode": mode, "method": st["method"], "gen_length": st["gen_length"],
-                             "n": len(per), "repeats": reps, "dpad_latency_s": md, "ref_latency_s": mr,
-                             "ratio": md / mr, "median_ratio": statistics.median(p["ratio"] for p in per),
-                             "dpad_nfe": statistics.mean(p["dpad_nfe"] for p in per),
-                             "ref_nfe": statistics.mean(p["ref_nfe"] for p in per),
-                             "tokens_identical": sum(p["tokens_identical"] for p in per),
-                             "nfe_identical": sum(p["dpad_nfe"] == p["ref_nfe"] for p in per),
-                             "dpad_model_time_share": sum(p["dpad_model_time_s"] or 0 for p in per)
-                             / sum(p["dpad_latency_s"] for p in per)})
+            st = SETTINGS[name]
+            if compiled and st["method"] == "vanilla" and not ns.compiled_vanilla:
+                continue
+            req = {"op": "run", "method": st["method"], "gen_length": st["gen_length"], "compiled": compiled}
+            # untimed warm-up of both sides (compiles the dpad side in compiled mode)
+            ours.ask(**req, ids=prompts[0])
+            ref.ask(**req, ids=prompts[0])
+            vanilla = st["method"] == "vanilla"
+            reps = ns.vanilla_repeats if vanilla else ns.repeats
+            todo = prompts[: ns.vanilla_n] if vanilla and ns.vanilla_n else prompts
+            per = []
+            for i, ids in enumerate(todo):
+                lat: dict[str, list[float]] = {"dpad": [], "ref": []}
+                last: dict[str, dict] = {}
+                order = [("dpad", ours), ("ref", ref)] if i % 2 == 0 else [("ref", ref), ("dpad", ours)]
+                for _ in range(reps):
+                    for side, w in order:
+                        rep = w.ask(**req, ids=ids)
+                        lat[side].append(rep["latency_s"])
+                        last[side] = rep
+                if compiled and last["dpad"].get("compile"):
+                    compile_stats = last["dpad"]["compile"]
+                d, r = statistics.median(lat["dpad"]), statistics.median(lat["ref"])
+                per.append({"setting": name, "mode": mode, "index": i, "dpad_latency_s": d, "ref_latency_s": r,
+                            "ratio": d / r, "dpad_runs_s": lat["dpad"], "ref_runs_s": lat["ref"],
+                            "dpad_nfe": last["dpad"]["nfe"], "ref_nfe": last["ref"]["nfe"],
+                            "tokens_identical": last["dpad"]["tokens"] == last["ref"]["tokens"],
+                            "dpad_model_time_s": last["dpad"].get("model_time_s")})
+                print(f"[vs_reference] {mode} {name} problem {i}: dpad {d:.3f}s ref {r:.3f}s ratio {d / r:.2f} "
+                      f"nfe {per[-1]['dpad_nfe']}/{per[-1]['ref_nfe']} same={per[-1]['tokens_identical']}",
+                      file=sys.stderr, flush=True)
+            problems += per
+            md = statistics.mean(p["dpad_latency_s"] for p in per)
+            mr = statistics.mean(p["ref_latency_s"] for p in per)
+            rows.append({"setting": name, "mode": mode, "method": st["method"], "gen_length": st["gen_length"],
+                         "n": len(per), "repeats": reps, "dpad_latency_s": md, "ref_latency_s": mr,
+                         "ratio": md / mr, "median_ratio": statistics.median(p["ratio"] for p in per),
+                         "dpad_nfe": statistics.mean(p["dpad_nfe"] for p in per),
+                         "ref_nfe": statistics.mean(p["ref_nfe"] for p in per),
+                         "tokens_identical": sum(p["tokens_identical"] for p in per),
+                         "nfe_identical": sum(p["dpad_nfe"] == p["ref_nfe"] for p in per),
+                         "dpad_model_time_share": sum(p["dpad_model_time_s"] or 0 for p in per)
+                         / sum(p["dpad_latency_s"] for p in per)})
+            save(rows, problems, compile_stats, complete=False)
+        save(rows, problems, compile_stats, complete=True)
     finally:
         ours.close()
         ref.close()
+    return 0
+
+
+def _save(ns: argparse.Namespace, info: dict, load_start: list[float], rows: list, problems: list,
+          compile_stats: dict, complete: bool) -> None:
     import torch
+
+    from dpad.eval.env import collect_env, command_line, git_revision
 
     env = collect_env(torch.device("cpu"), torch.float32)
     env.update({"threads": ns.threads, "dpad": info["dpad"], "reference": info["reference"],
@@ -337,15 +355,16 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                 "cpus": os.cpu_count()})
     env.setdefault("cpu", env.get("cpu_model", "cpu"))
-    result = {"kind": "vs_reference", "env": env, "model": "embedded", "task": "arith", "n": ns.n,
-              "repeats": ns.repeats, "vanilla_repeats": ns.vanilla_repeats, "seed": SEED,
+    result = {"kind": "vs_reference", "complete": complete, "env": env, "model": "embedded", "task": "arith",
+              "n": ns.n, "vanilla_n": ns.vanilla_n or ns.n, "repeats": ns.repeats,
+              "vanilla_repeats": ns.vanilla_repeats, "seed": SEED,
               "command": "python " + command_line(), "compile": compile_stats, "rows": rows, "problems": problems}
     out = Path(ns.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
-    return 0
+    if complete:
+        print(markdown(result))
 
 
 if __name__ == "__main__":
