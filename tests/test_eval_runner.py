@@ -14,7 +14,9 @@ from dpad.cli import main as dpad_main  # noqa: E402
 from dpad.errors import ConfigError  # noqa: E402
 from dpad.eval.methods import (  # noqa: E402
     EMBEDDED_DEFAULTS,
+    EMBEDDED_PARALLEL,
     LADDER,
+    PARALLEL_THRESHOLD,
     canonical_method,
     default_params,
     method_config,
@@ -48,7 +50,7 @@ def test_ladder_names_round_trip() -> None:
 
 
 def test_method_switches_and_overrides() -> None:
-    cfg = method_config("parallel+prefix+dpad", EMBEDDED_DEFAULTS)
+    cfg = method_config("parallel+prefix+dpad", EMBEDDED_DEFAULTS)  # no rule in the params: Fast-dLLM's 0.9
     assert (cfg.threshold, cfg.cache, cfg.suffix, cfg.early_termination) == (0.9, "prefix", "gaussian", True)
     assert (cfg.window, cfg.sigma, cfg.scale, cfg.gen_length, cfg.block_length) == (128, 4.0, 2.0, 256, 32)
     assert method_config("et", EMBEDDED_DEFAULTS).early_termination
@@ -57,7 +59,7 @@ def test_method_switches_and_overrides() -> None:
     assert (over.window, over.gen_length, over.threshold) == (32, 64, None)
     # an override that changes the method is labelled honestly
     label, cfg = resolve_config("vanilla", overrides={"threshold": 0.8})
-    assert label == "parallel" and cfg.threshold == 0.8
+    assert label == "parallel-threshold0.8" and cfg.threshold == 0.8
     # real model families use the published preset's W, k, a
     assert default_params("llada-1.5", "humaneval")["window"] == 128
     label, cfg = resolve_config("parallel+dual+dpad", family="dream-base", task="gsm8k")
@@ -67,6 +69,29 @@ def test_method_switches_and_overrides() -> None:
     assert label == "dpad" and cfg.gen_length == 1024 and cfg.window == 256
     label, cfg = resolve_config("parallel+prefix", preset_name="llada-1.5-gsm8k-long")
     assert label == "parallel+prefix" and cfg.gen_length == 1024 and cfg.suffix == "full"
+    assert cfg.threshold == PARALLEL_THRESHOLD
+
+
+def test_embedded_parallel_rule_and_threshold09_name() -> None:
+    """The embedded model's ``parallel`` is EMBEDDED_PARALLEL (chosen on the frontier); Fast-dLLM's
+    threshold 0.9 keeps its own name; published families keep threshold 0.9 as ``parallel``."""
+    label, cfg = resolve_config("parallel+prefix+dpad")
+    assert label == "parallel+prefix+dpad"
+    assert {f: getattr(cfg, f) for f in EMBEDDED_PARALLEL} == EMBEDDED_PARALLEL
+    label, cfg = resolve_config("parallel+prefix+dpad-threshold0.9")
+    assert label == "parallel+prefix+dpad-threshold0.9" and cfg.threshold == 0.9 and cfg.entropy_bound is None
+    assert (cfg.cache, cfg.suffix, cfg.window) == ("prefix", "gaussian", 128)
+    assert canonical_method("dpad+parallel+prefix-threshold0.9") == "parallel+prefix+dpad-threshold0.9"
+    label, cfg = resolve_config("parallel+prefix-eb0.01")
+    assert label == "parallel+prefix-eb0.01" and cfg.entropy_bound == 0.01 and cfg.threshold is None
+    label, cfg = resolve_config("parallel+dual", family="llada-instruct", task="gsm8k")
+    assert label == "parallel+dual" and cfg.threshold == 0.9 and cfg.entropy_bound is None
+    # an explicit rule flag replaces the method's rule instead of clashing with it
+    label, cfg = resolve_config("parallel+prefix", overrides={"factor": 0.5})
+    assert label == "parallel+prefix-factor0.5" and cfg.threshold is None and cfg.factor == 0.5
+    for bad in ("et-threshold0.9", "vanilla-eb0.1"):
+        with pytest.raises(ConfigError, match="rule suffix"):
+            canonical_method(bad)
 
 
 # --------------------------------------------------------------------------- tasks

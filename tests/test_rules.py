@@ -164,3 +164,16 @@ def test_unmasker_builds_the_rules() -> None:
     u = Unmasker(DecodeConfig(entropy_bound=0.1, dependency_distance=1), "llada", g)
     assert isinstance(u.rule, DependencyGuard) and isinstance(u.rule.base, EntropyBounded)
     assert u.rule.strict == math.inf and u.rule.needs_entropy
+
+
+def test_dream_rules_batch_equals_singles(prompts: list) -> None:
+    """The Dream proposal (tempered, filtered distribution) feeds EB its own entropies; batch == singles."""
+    from dpad.models import load
+
+    lm = load(GOLDEN / "dream-tiny", dtype="float64")
+    cfg = DecodeConfig(**BASE, entropy_bound=0.5, dependency_distance=1, dependency_threshold=0.7,
+                       cache="prefix", temperature=0.5, top_p=0.9, **DPAD)
+    singles = [decode(lm.model, p, cfg, mask_id=MASK, eos_id=EOS) for p in prompts]
+    batch = decode_batch(lm.model, prompts, cfg, mask_id=MASK, eos_id=EOS)
+    for s, b in zip(singles, batch, strict=True):
+        assert b.generated == s.generated and b.nfe == s.nfe

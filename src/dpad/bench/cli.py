@@ -9,7 +9,7 @@ from typing import Any
 from ..cli import add_decode_args, add_model_args, float_in, int_in
 from ..config import MAX_LENGTH, MAX_SEED
 from ..errors import ConfigError
-from ..eval.methods import EMBEDDED_DEFAULTS
+from ..eval.methods import EMBEDDED_DEFAULTS, EMBEDDED_PARALLEL
 from .ladder import DEFAULT_GEN_LENGTHS, DEFAULT_METHODS
 
 
@@ -73,7 +73,9 @@ def register(sub: Any) -> None:
             "problem; optional accuracy runs vs vanilla at --accuracy-baseline-gen. Writes OUT.json "
             "(results format, kind 'ladder'), OUT.md, OUT.png and OUT.records.jsonl (one line per finished "
             "run; --resume continues from it). Embedded-model parameters: "
-            f"{EMBEDDED_DEFAULTS}, threshold 0.9 for parallel methods."),
+            f"{EMBEDDED_DEFAULTS}; parallel methods use {EMBEDDED_PARALLEL} (the frontier's pick; "
+            "METHOD-threshold0.9 for Fast-dLLM's threshold). --frontier runs the accuracy-speed frontier instead "
+            "(OUT defaults to benchmarks/results/frontier)."),
     )
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="M",
                    help=f"methods (default: {' '.join(DEFAULT_METHODS)})")

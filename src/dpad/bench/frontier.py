@@ -185,6 +185,10 @@ def build_result(settings: FrontierSettings, records: Sequence[dict[str, Any]], 
                            et_nfe=_mean([int(r["nfe"]) for r in et_only]),
                            et_latency_s=_mean([float(r["latency_s"]) for r in et_only]), nfe=float(gen),
                            nfe_source="exact (gen_length forwards: one token per step)", latency_s=None, tok_s=None, direct_n=len(direct))
+        itself = [r for r in et if r.get("measured_as", "et") != "et"]
+        if itself and not direct:
+            vanilla_row.update(latency_s=_mean([float(r["latency_s"]) for r in itself]),
+                               latency_source=f"vanilla itself on {len(itself)} problems (imported)")
         if direct:
             vanilla_row.update(
                 latency_s=_mean([float(r["latency_s"]) for r in direct]),
@@ -200,14 +204,15 @@ def build_result(settings: FrontierSettings, records: Sequence[dict[str, Any]], 
 
     selected = None
     full = [r for r in rows if r["rule"] != "vanilla" and r["n"] == settings.n]
-    if vanilla_row is not None and vanilla_row["n"] == settings.n:
+    if vanilla_row is not None:
         ok = [r for r in full if r.get("accuracy_delta_points") is not None and r["accuracy_delta_points"] >= -1.0]
         if ok:
             best = min(ok, key=lambda r: (r["nfe"], -r["accuracy"]))
             selected = {"point": best["point"], "rule": best["rule"], "value": best["value"],
                         "accuracy": best["accuracy"], "nfe": best["nfe"], "latency_s": best["latency_s"],
-                        "accuracy_delta_points": best["accuracy_delta_points"],
-                        "criterion": "fewest NFE/sample with accuracy >= vanilla - 1 point on the same problems"}
+                        "accuracy_delta_points": best["accuracy_delta_points"], "delta_n": best["delta_n"],
+                        "criterion": "fewest NFE/sample with accuracy >= vanilla - 1 point on the problems vanilla "
+                                     f"has run ({best['delta_n']} of {settings.n})"}
             t09 = next((r for r in full if r["point"] == "threshold=0.9"), None)
             if t09:
                 selected["nfe_vs_threshold0.9"] = best["nfe"] / t09["nfe"]
@@ -228,6 +233,8 @@ _HEAD = ["point", "method", "n", "accuracy (%)", "Δacc vs vanilla (pts)", "NFE/
 def _cells(r: dict[str, Any]) -> list[str]:
     acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}"
     d = "-" if r.get("accuracy_delta_points") is None else f"{r['accuracy_delta_points']:+.1f}"
+    if r.get("delta_n") is not None and r.get("delta_n") != r["n"]:
+        d += f" (on {r['delta_n']})"
     label = r["point"] + (f" (accuracy: {r['accuracy_measured_as']})" if r["rule"] == "vanilla" else "")
     return [label, r["method"], str(r["n"]), acc, d, _f(r.get("nfe"), ".2f"), _f(r.get("latency_s"), ".3f"),
             _f(r.get("tok_s"), ".1f")]
@@ -255,7 +262,8 @@ def markdown(result: dict[str, Any]) -> str:
     if sel:
         ratio = sel.get("nfe_vs_threshold0.9")
         lines += ["", f"**Selected** ({sel['criterion']}): `{sel['point']}` — accuracy {100 * sel['accuracy']:.1f}% "
-                      f"({sel['accuracy_delta_points']:+.1f} pts), {sel['nfe']:.2f} NFE/sample"
+                      f"on {result['settings']['n']} ({sel['accuracy_delta_points']:+.1f} pts vs vanilla on the "
+                      f"{sel['delta_n']} paired problems), {sel['nfe']:.2f} NFE/sample"
                       + (f" ({ratio:.2f}x threshold 0.9's)" if ratio else "") + "."]
     return "\n".join(lines) + "\n"
 

@@ -77,7 +77,7 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path | None:
     for ax, key, xlabel in ((axes[0], "nfe", "NFE per sample (log)"),
                             (axes[1], "latency_s", "latency per sample, s (batched wall time / rows; log)")):
         for j, rule in enumerate(rules):
-            pts = sorted((r for r in rows if r["rule"] == rule and r.get(key)), key=lambda r: r[key])
+            pts = [r for r in rows if r["rule"] == rule and r.get(key)]  # in sweep (knob) order
             if not pts:
                 continue
             xs, ys = [r[key] for r in pts], [100 * r["accuracy"] for r in pts]
@@ -90,9 +90,11 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path | None:
                     ax.plot([x], [y], "o", ms=11, mfc="none", mec="black", mew=1.2,
                             label=f"selected: {sel}")
         if vanilla is not None and vanilla.get(key):
-            ax.plot([vanilla[key]], [100 * vanilla["accuracy"]], "*", ms=13, color="black", label="vanilla")
+            ax.plot([vanilla[key]], [100 * vanilla["accuracy"]], "*", ms=13, color="black",
+                    label=f"vanilla (n={vanilla['n']})")
         if vanilla is not None:
-            ax.axhline(100 * vanilla["accuracy"] - 1.0, color="grey", lw=0.8, ls="--", label="vanilla - 1 pt")
+            ax.axhline(100 * vanilla["accuracy"] - 1.0, color="grey", lw=0.8, ls="--",
+                       label=f"vanilla - 1 pt (n={vanilla['n']})")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
@@ -101,10 +103,11 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path | None:
     s = result.get("settings", {})
     env = result.get("env", {})
     fig.suptitle(f"{result.get('model', '')} on {result.get('task', '')} {s.get('task_options') or ''}: "
-                 f"rules on {s.get('base_method', '')}, n={s.get('n')} (same problems), "
+                 f"rules on {s.get('base_method', '')}, n={s.get('n')} per rule point (same problems), "
                  f"{env.get('device', '')}, {env.get('threads', '')} threads", fontsize=10)
-    fig.text(0.01, 0.01, "dpad implies early termination; vanilla's accuracy measured through et "
-             "(identical responses), its NFE = gen_length", fontsize=7, color="grey")
+    fig.text(0.01, 0.01, "dpad implies early termination; vanilla's accuracy measured through et (identical "
+             "responses) where not run itself, its NFE = gen_length; the selection uses each point's accuracy "
+             "difference to vanilla on the problems vanilla ran (see the JSON/Markdown)", fontsize=7, color="grey")
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     path = Path(path)
     fig.savefig(path, dpi=150)

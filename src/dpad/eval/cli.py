@@ -12,7 +12,7 @@ from typing import Any
 
 from ..cli import add_decode_args, add_model_args, int_in
 from ..config import MAX_SEED
-from .methods import EMBEDDED_DEFAULTS, LADDER
+from .methods import EMBEDDED_DEFAULTS, EMBEDDED_PARALLEL, LADDER
 from .tasks import TASKS
 
 _DECODE_SKIP = {"preset"}
@@ -56,8 +56,8 @@ def register(sub: Any) -> None:
             "Evaluate one decoding method on a task. --method is a speed-up ladder name "
             f"({', '.join(LADDER)}; parts vanilla|et|parallel|prefix|dual|dpad joined by '+', any order). "
             "Parameters come from the model family's published preset for the task (LLaDA/Dream), or "
-            f"for the embedded model: {EMBEDDED_DEFAULTS} (DPad W, k=sigma, a=scale), threshold 0.9 "
-            "for parallel. --preset NAME starts from a preset instead; every decoding flag overrides. "
+            f"for the embedded model: {EMBEDDED_DEFAULTS} (DPad W, k=sigma, a=scale) and {EMBEDDED_PARALLEL} "
+            "for parallel (METHOD-threshold0.9: Fast-dLLM's threshold 0.9). --preset NAME starts from a preset instead; every decoding flag overrides. "
             "Run under torchrun / accelerate launch to shard samples across processes."),
     )
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="benchmark")

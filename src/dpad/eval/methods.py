@@ -6,10 +6,15 @@ dropout, which implies early termination as in the paper). Parts may be given in
 (``parallel+prefix+et`` == ``et+parallel+prefix``); :func:`canonical_method` returns the
 order of :meth:`DecodeConfig.method_name`.
 
-The *switches* (threshold, cache, suffix policy, early termination) come from the method; the
+The *switches* (parallel rule, cache, suffix policy, early termination) come from the method; the
 *parameters* (gen length, block length, DPad's W, k, a; Dream's confidence and schedule) come
 from :func:`default_params`: the published preset for the model family and task, or the
 embedded model's defaults (:data:`EMBEDDED_DEFAULTS`). Explicit decoding flags override both.
+
+``parallel`` means the family's default parallel rule: Fast-dLLM's threshold 0.9 for the
+published models, :data:`EMBEDDED_PARALLEL` (chosen on the accuracy-speed frontier,
+``benchmarks/results/frontier.md``) for the embedded model. A rule suffix picks another one:
+``parallel+prefix+dpad-threshold0.9``, ``...-eb0.01``, ``...-factor0.5``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ..errors import ConfigError, DpadError
 
 __all__ = [
     "EMBEDDED_DEFAULTS",
+    "EMBEDDED_PARALLEL",
     "LADDER",
     "METHOD_PARTS",
     "PARALLEL_THRESHOLD",
@@ -30,6 +36,7 @@ __all__ = [
     "method_config",
     "model_family",
     "resolve_config",
+    "rule_suffix",
 ]
 
 LADDER: tuple[str, ...] = (
@@ -40,7 +47,15 @@ LADDER: tuple[str, ...] = (
 
 METHOD_PARTS: tuple[str, ...] = ("vanilla", "et", "parallel", "prefix", "dual", "dpad")
 PARALLEL_THRESHOLD = 0.9
-"""Fast-dLLM's confidence threshold, used by every ``parallel`` method unless overridden."""
+"""Fast-dLLM's confidence threshold: the ``parallel`` rule of the published model families."""
+
+RULE_FIELDS: tuple[str, ...] = ("threshold", "factor", "entropy_bound", "dependency_distance", "dependency_threshold")
+EMBEDDED_PARALLEL: dict[str, Any] = {"threshold": 0.99}
+"""The embedded model's ``parallel`` rule: the point of the accuracy-speed frontier
+(``benchmarks/results/frontier.md``) with the fewest forwards whose accuracy stays within 1 point
+of vanilla's. Fast-dLLM's threshold 0.9 stays available as ``...-threshold0.9``."""
+
+_RULE_SUFFIX = {"threshold": "threshold", "factor": "factor", "eb": "entropy_bound"}
 
 EMBEDDED_DEFAULTS: dict[str, Any] = {
     "gen_length": 256, "block_length": 32, "window": 128, "sigma": 4.0, "scale": 2.0,
@@ -55,8 +70,35 @@ _TASK_KEYS = {"arith": "gsm8k", "gsm8k": "gsm8k", "math": "math", "humaneval": "
 _DPAD_KEYS = ("gen_length", "block_length", "window", "sigma", "scale", "confidence", "schedule")
 
 
+def _split_rule(name: str) -> tuple[str, dict[str, Any] | None, str]:
+    """``'parallel+prefix-threshold0.9'`` -> (``'parallel+prefix'``, the rule's fields, ``'-threshold0.9'``)."""
+    import re
+
+    m = re.fullmatch(r"(.*?)-(threshold|factor|eb)([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)", str(name).strip().lower())
+    if not m:
+        return str(name), None, ""
+    rule = dict.fromkeys(RULE_FIELDS)
+    rule[_RULE_SUFFIX[m.group(2)]] = float(m.group(3))
+    return m.group(1), rule, f"-{m.group(2)}{float(m.group(3)):g}"
+
+
+def rule_suffix(cfg: DecodeConfig) -> str:
+    """The method-name suffix that names ``cfg``'s parallel rule (``-threshold0.9``, ``-eb0.01``, ...)."""
+    if cfg.dependency_distance is not None:
+        strict = "never" if cfg.dependency_threshold is None else f"{cfg.dependency_threshold:g}"
+        base = rule_suffix(cfg.replace(dependency_distance=None, dependency_threshold=None))
+        return f"{base}-guard{cfg.dependency_distance}@{strict}"
+    for short, fname in _RULE_SUFFIX.items():
+        v = getattr(cfg, fname)
+        if v is not None:
+            return f"-{short}{v:g}"
+    return ""
+
+
 def canonical_method(name: str) -> str:
-    """Validate a method name and return it in canonical part order (``et+parallel+prefix``)."""
+    """Validate a method name and return it in canonical part order (``et+parallel+prefix``), with
+    its rule suffix (``-threshold0.9``) if any."""
+    name, rule, suffix = _split_rule(name)
     parts = [p.strip().lower() for p in str(name).split("+") if p.strip()]
     if not parts:
         raise ConfigError(f"method {name!r} is empty; use e.g. {', '.join(LADDER)}")
@@ -70,14 +112,25 @@ def canonical_method(name: str) -> str:
         raise ConfigError(f"method {name!r}: choose one cache, prefix or dual")
     if len(set(parts)) != len(parts):
         raise ConfigError(f"method {name!r} repeats a part")
-    return _switches_to_config(set(parts), DecodeConfig()).method_name()
+    if rule is not None and "parallel" not in parts:
+        raise ConfigError(f"method {name + suffix!r}: a rule suffix ({suffix}) needs the 'parallel' part")
+    return _switches_to_config(set(parts), DecodeConfig()).method_name() + suffix
 
 
-def _switches_to_config(parts: set[str], base: DecodeConfig) -> DecodeConfig:
+def _switches_to_config(parts: set[str], base: DecodeConfig, rule: dict[str, Any] | None = None) -> DecodeConfig:
+    """The method's switches on ``base``. ``parallel`` uses ``rule`` if given, else the base's own
+    parallel rule if it has one, else Fast-dLLM's threshold 0.9."""
     dpad = "dpad" in parts
+    if "parallel" not in parts:
+        rule_fields: dict[str, Any] = dict.fromkeys(RULE_FIELDS)
+    elif rule is not None:
+        rule_fields = rule
+    elif base.parallel:
+        rule_fields = {f: getattr(base, f) for f in RULE_FIELDS}
+    else:
+        rule_fields = {**dict.fromkeys(RULE_FIELDS), "threshold": PARALLEL_THRESHOLD}
     return base.replace(
-        threshold=PARALLEL_THRESHOLD if "parallel" in parts else None,
-        factor=None,
+        **rule_fields,
         cache="dual" if "dual" in parts else "prefix" if "prefix" in parts else "none",
         suffix="gaussian" if dpad else "full",
         window=(base.window or base.gen_length) if dpad else base.window,
@@ -125,12 +178,13 @@ _PARAMS_FAMILY = {"dream-instruct": "dream-base"}
 def default_params(family: str, task: str | None = None) -> dict[str, Any]:
     """Decoding parameters (not switches) for a model family and task.
 
-    ``embedded``: :data:`EMBEDDED_DEFAULTS`. Otherwise the published preset
-    ``{family}-{task}`` (e.g. ``llada-1.5-gsm8k``), falling back to the family's GSM8K preset;
-    ``dream-instruct`` has no DPad settings of its own and takes Dream-Base's.
+    ``embedded``: :data:`EMBEDDED_DEFAULTS` and its parallel rule :data:`EMBEDDED_PARALLEL`.
+    Otherwise the published preset ``{family}-{task}`` (e.g. ``llada-1.5-gsm8k``), falling back to
+    the family's GSM8K preset (whose parallel rule is threshold 0.9); ``dream-instruct`` has no DPad
+    settings of its own and takes Dream-Base's.
     """
     if family == "embedded":
-        return dict(EMBEDDED_DEFAULTS)
+        return {**EMBEDDED_DEFAULTS, **EMBEDDED_PARALLEL}
     key = _TASK_KEYS.get(task or "gsm8k", "gsm8k")
     family = _PARAMS_FAMILY.get(family, family)
     name = f"{family}-{key}" if f"{family}-{key}" in PRESETS else f"{family}-gsm8k"
@@ -144,13 +198,17 @@ def method_config(method: str, params: dict[str, Any] | DecodeConfig | None = No
     """The DecodeConfig of ``method`` on top of ``params`` (a dict of fields or a config), with
     ``overrides`` (explicit flags; ``None`` values ignored) applied last."""
     canonical_method(method)  # validates
-    parts = {p.strip().lower() for p in method.split("+")}
+    name, rule, _ = _split_rule(method)
+    parts = {p.strip().lower() for p in name.split("+")}
     if isinstance(params, DecodeConfig):
         base = params
     else:
         base = DecodeConfig(**{k: v for k, v in (params or {}).items() if k in DecodeConfig.__dataclass_fields__})
-    cfg = _switches_to_config(parts, base)
+    cfg = _switches_to_config(parts, base, rule)
     explicit = {k: v for k, v in overrides.items() if v is not None}
+    counts = ("threshold", "factor", "entropy_bound")
+    if any(k in explicit for k in counts):  # an explicit rule replaces the method's one
+        explicit = {**{k: None for k in counts if k not in explicit}, **explicit}
     if explicit:
         cfg = cfg.replace(**explicit)
     return cfg
@@ -165,7 +223,8 @@ def resolve_config(method: str | None, *, preset_name: str | None = None, family
       the family/task default) parameters, then ``overrides``.
 
     The returned label is the *actual* configuration's ``method_name()``, so an override such as
-    ``--threshold`` on ``vanilla`` is labelled honestly (``parallel``).
+    ``--threshold`` on ``vanilla`` is labelled honestly (``parallel``), followed by the rule suffix
+    (``-threshold0.9``) when the parallel rule is not the family's default one.
     """
     from ..config import preset
 
@@ -175,4 +234,9 @@ def resolve_config(method: str | None, *, preset_name: str | None = None, family
         cfg = method_config(method, base, **overrides) if method else base.replace(**overrides)
     else:
         cfg = method_config(method or "vanilla", default_params(family, task), **overrides)
-    return cfg.method_name(), cfg
+    label = cfg.method_name()
+    if cfg.parallel:
+        default = EMBEDDED_PARALLEL if family == "embedded" and not preset_name else {"threshold": PARALLEL_THRESHOLD}
+        if {f: getattr(cfg, f) for f in RULE_FIELDS} != {**dict.fromkeys(RULE_FIELDS), **default}:
+            label += rule_suffix(cfg)
+    return label, cfg
