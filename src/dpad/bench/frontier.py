@@ -158,6 +158,7 @@ def _row(label: str, rule: str, value: Any, recs: Sequence[dict[str, Any]], base
         theirs = sum(float(base[int(r["index"])]) for r in same) / len(same)
         row["accuracy_delta_points"] = 100.0 * (mine - theirs)
         row["delta_n"] = len(same)
+        row["accuracy_on_vanilla_problems"] = mine
     return row
 
 
@@ -165,8 +166,11 @@ def build_result(settings: FrontierSettings, records: Sequence[dict[str, Any]], 
                  command: str, configs: dict[str, Any], complete: bool) -> dict[str, Any]:
     """Aggregate the per-problem records into the results-format JSON (kind ``frontier``)."""
     by: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        by.setdefault(r["point"], []).append(r)
+    seen: set[tuple[str, int]] = set()
+    for r in records:  # one record per (point, problem): the first (e.g. vanilla's own over et's)
+        if (r["point"], int(r["index"])) not in seen:
+            seen.add((r["point"], int(r["index"])))
+            by.setdefault(r["point"], []).append(r)
     et = by.get("vanilla", [])
     base = {int(r["index"]): bool(r["correct"]) for r in et}
     vcfg = configs.get("vanilla") or {}
@@ -221,7 +225,8 @@ def build_result(settings: FrontierSettings, records: Sequence[dict[str, Any]], 
         "task": settings.task, "command": command,
         "caption": (f"Every rule on {settings.base_method} (dpad implies early termination) over a sweep of its knob, "
                     f"same {settings.n} problems for every point, batches of {settings.batch_size} rows; latency = "
-                    "batch wall time / rows. Vanilla's accuracy is measured through et (identical responses), its "
+                    "batch wall time / rows (on a shared CPU it follows the machine's load: compare it only between "
+                    "points run in one process at one time). Vanilla's accuracy is measured through et (identical responses), its "
                     "NFE is gen_length (exact) and its latency is vanilla's own on a subset."),
         "settings": settings.to_dict(), "configs": configs, "rows": rows, "selected": selected,
     }
@@ -232,12 +237,22 @@ _HEAD = ["point", "method", "n", "accuracy (%)", "Δacc vs vanilla (pts)", "NFE/
 
 def _cells(r: dict[str, Any]) -> list[str]:
     acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}"
-    d = "-" if r.get("accuracy_delta_points") is None else f"{r['accuracy_delta_points']:+.1f}"
+    d = "-" if r.get("accuracy_delta_points") is None else f"{r['accuracy_delta_points']:+.2f}"
     if r.get("delta_n") is not None and r.get("delta_n") != r["n"]:
         d += f" (on {r['delta_n']})"
     label = r["point"] + (f" (accuracy: {r['accuracy_measured_as']})" if r["rule"] == "vanilla" else "")
     return [label, r["method"], str(r["n"]), acc, d, _f(r.get("nfe"), ".2f"), _f(r.get("latency_s"), ".3f"),
             _f(r.get("tok_s"), ".1f")]
+
+
+def _partial_note(result: dict[str, Any]) -> str:
+    n = result["settings"]["n"]
+    rules = [r for r in result["rows"] if r["rule"] != "vanilla"]
+    v = next((r for r in result["rows"] if r["rule"] == "vanilla"), None)
+    if rules and all(r["n"] == n for r in rules) and v is not None and v["n"] < n:
+        return (f" **Every rule point ran on all {n} problems; vanilla (the costly point) on the first {v['n']}:** "
+                "its accuracy and every Δ are on those problems.")
+    return " **Partial result (run not finished).**"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -246,7 +261,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"({json.dumps(s['task_options']) if s['task_options'] else 'default problems'})", "",
              f"{env.get('device')} ({env.get('cpu')}), {env.get('threads')} threads, {env.get('dtype')}, "
              f"torch {env.get('torch')}, git {env.get('git')}. " + result["caption"]
-             + ("" if result.get("complete") else " **Partial result (run not finished).**"), "",
+             + ("" if result.get("complete") else _partial_note(result)), "",
              "| " + " | ".join(_HEAD) + " |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["rows"]]
     v = next((r for r in result["rows"] if r["rule"] == "vanilla"), None)
@@ -400,7 +415,8 @@ def run_frontier(settings: FrontierSettings, out_prefix: str | Path, *, resume: 
     with open(paths["records"], "a", encoding="utf-8") as fh:
         for label, rule, value, cfg, n in jobs:
             todo = [samples[i:min(i + settings.batch_size, n)] for i in range(0, n, settings.batch_size)]
-            todo = [c for c in todo if any((label, s.index) not in done for s in c)]
+            todo = [[s for s in c if (label, s.index) not in done] for c in todo]
+            todo = [c for c in todo if c]
             with tqdm(total=len(todo), desc=label, disable=not progress, dynamic_ncols=True, unit="batch") as bar:
                 for chunk in todo:
                     t0 = time.perf_counter()

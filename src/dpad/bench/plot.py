@@ -73,6 +73,12 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path | None:
     rules = list(dict.fromkeys(r["rule"] for r in rows if r["rule"] != "vanilla"))
     cmap = plt.get_cmap("tab10")
     sel = (result.get("selected") or {}).get("point")
+    n_all = result.get("settings", {}).get("n")
+    # with vanilla on a subset, every point is drawn on vanilla's problems (comparable); the
+    # JSON/Markdown also give each point's accuracy on all problems
+    paired = vanilla is not None and vanilla.get("n") != n_all
+    acc_key = "accuracy_on_vanilla_problems" if paired else "accuracy"
+    rows = [r for r in rows if r.get(acc_key) is not None]
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.0))
     for ax, key, xlabel in ((axes[0], "nfe", "NFE per sample (log)"),
                             (axes[1], "latency_s", "latency per sample, s (batched wall time / rows; log)")):
@@ -80,7 +86,7 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path | None:
             pts = [r for r in rows if r["rule"] == rule and r.get(key)]  # in sweep (knob) order
             if not pts:
                 continue
-            xs, ys = [r[key] for r in pts], [100 * r["accuracy"] for r in pts]
+            xs, ys = [r[key] for r in pts], [100 * r[acc_key] for r in pts]
             ax.plot(xs, ys, "-o", color=cmap(j), label=rule, ms=4, lw=1.2)
             for r, x, y in zip(pts, xs, ys, strict=True):
                 v = r["value"]
@@ -97,7 +103,7 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path | None:
                        label=f"vanilla - 1 pt (n={vanilla['n']})")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel(f"accuracy (%) on the {vanilla['n']} problems vanilla ran" if paired else "accuracy (%)")
         ax.grid(alpha=0.25, which="both")
     axes[0].legend(fontsize=7, loc="lower right", frameon=False)
     s = result.get("settings", {})
@@ -106,8 +112,7 @@ def plot_frontier(result: dict[str, Any], path: str | Path) -> Path | None:
                  f"rules on {s.get('base_method', '')}, n={s.get('n')} per rule point (same problems), "
                  f"{env.get('device', '')}, {env.get('threads', '')} threads", fontsize=10)
     fig.text(0.01, 0.01, "dpad implies early termination; vanilla's accuracy measured through et (identical "
-             "responses) where not run itself, its NFE = gen_length; the selection uses each point's accuracy "
-             "difference to vanilla on the problems vanilla ran (see the JSON/Markdown)", fontsize=7, color="grey")
+             "responses) where not run itself; vanilla's NFE = gen_length", fontsize=7, color="grey")
     fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     path = Path(path)
     fig.savefig(path, dpi=150)
