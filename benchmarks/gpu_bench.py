@@ -143,7 +143,8 @@ def throughput_bench(dev: torch.device, budget: float) -> dict[str, Any]:
     from dpad.eval.tasks import get_task
 
     task = get_task("arith")
-    _, cfg = resolve_config("parallel+prefix+dpad", family="embedded", task="arith", overrides={"gen_length": 256})
+    _, cfg = resolve_config("parallel+prefix+dpad-threshold0.9", family="embedded", task="arith",
+                            overrides={"gen_length": 256})
     eager = dpad.load(None, device=dev, dtype="bfloat16")
     samples = task.samples(64)
     from dpad.api import encode_prompt

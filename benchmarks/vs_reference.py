@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 SETTINGS = {
-    "dpad256": {"gen_length": 256, "method": "parallel+prefix+dpad"},
-    "dpad1024": {"gen_length": 1024, "method": "parallel+prefix+dpad"},
+    "dpad256": {"gen_length": 256, "method": "parallel+prefix+dpad-threshold0.9"},
+    "dpad1024": {"gen_length": 1024, "method": "parallel+prefix+dpad-threshold0.9"},
     "vanilla256": {"gen_length": 256, "method": "vanilla"},
 }
 BLOCK, WINDOW, SIGMA, SCALE, THRESHOLD, SEED = 32, 128, 4.0, 2.0, 0.9, 1234
