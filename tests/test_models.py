@@ -282,3 +282,45 @@ def test_error_unsupported_llada_feature(tmp_path: Path, golden_dir: Path) -> No
     cfg["alibi"] = True
     (path / "config.json").write_text(json.dumps(cfg))
     assert "alibi" in _err(path)
+
+
+def _rms_norm_three_ops(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 8), (2, 37, 256), (1, 8, 100, 32), (3, 130, 4096)])
+def test_fused_rms_norm_is_bit_identical_to_the_formula(shape: tuple, dtype: torch.dtype) -> None:
+    """The fused normalisation kernel gives exactly the reference's three-op float32 island."""
+    from dpad.models.layers import rms_norm
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
+    w = torch.randn(shape[-1], generator=g, dtype=torch.float64).to(dtype)
+    for eps in (1e-5, 1e-6):
+        assert torch.equal(rms_norm(x, w, eps), _rms_norm_three_ops(x, w, eps))
+
+
+@pytest.mark.parametrize("full_precision", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rope_signed_sin_is_bit_identical_to_rotate_half(full_precision: bool, dtype: torch.dtype) -> None:
+    """RoPE with the sign folded into the sin table equals ``t*cos + cat(-t2, t1)*sin`` exactly,
+    from the table (gathered positions, with gaps) and without it."""
+    from dpad.models.layers import Rotary
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 8, 40, 32, generator=g, dtype=torch.float64).to(dtype)
+    pos = torch.tensor([list(range(0, 80, 2)), list(range(100, 140))])
+    for max_len in (0, 512):
+        rot = Rotary(32, 10000.0, full_precision, max_len)
+        cos, ssin = rot.cos_sin(pos)
+        angle = pos.to(torch.float32)[..., None] * rot.inv_freq
+        emb = torch.cat((angle, angle), dim=-1)[:, None]
+        c, s = emb.cos(), emb.sin()
+        tt = t.float() if full_precision else t
+        if not full_precision:
+            c, s = c.to(dtype), s.to(dtype)
+        expect = (tt * c + torch.cat((-tt[..., 16:], tt[..., :16]), dim=-1) * s).to(dtype)
+        assert torch.equal(rot.apply(t, cos, ssin), expect)

@@ -59,10 +59,13 @@ class ModelArgs:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm with the reference float32 island: normalise in float32, cast back, scale."""
+    """RMSNorm with the reference float32 island: normalise in float32, cast back, scale.
+
+    The normalisation ``h * rsqrt(mean(h**2) + eps)`` runs as one fused kernel
+    (``F.rms_norm`` without weight), bit-identical to the three-op formula in float32
+    (``tests/test_layers.py`` checks it)."""
     dtype = x.dtype
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    h = F.rms_norm(x.float(), (x.shape[-1],), None, eps)
     return weight * h.to(dtype)
 
 
@@ -96,30 +99,38 @@ class Rotary(nn.Module):
         angle = positions.to(torch.float32)[..., None] * self.inv_freq.float()
         return torch.cat((angle, angle), dim=-1)
 
+    @staticmethod
+    def _cos_signed_sin(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and the rotate-half signed sin ``(-sin, +sin)`` of the two halves (see :meth:`apply`)."""
+        half = emb.shape[-1] // 2
+        sin = emb.sin()
+        return emb.cos(), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
     def table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin ``[max_len, head_dim]`` (float32), built on first use on the buffers' device."""
+        """cos / signed sin ``[max_len, head_dim]`` (float32), built on first use on the buffers' device."""
         t = self._table
         if t is None or t[0].device != self.inv_freq.device:
-            emb = self._angles(torch.arange(self.max_len, device=self.inv_freq.device))
-            t = self._table = (emb.cos(), emb.sin())
+            t = self._table = self._cos_signed_sin(self._angles(torch.arange(self.max_len, device=self.inv_freq.device)))
         return t
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 cos/sin of shape [B, 1, T, head_dim] for integer positions [B, T]."""
+        """float32 cos and signed sin (the sin of the first half negated) of shape [B, 1, T, head_dim]
+        for integer positions [B, T]: what :meth:`apply` takes."""
         if self.max_len:
             cos, sin = self.table()
             return F.embedding(positions, cos)[:, None], F.embedding(positions, sin)[:, None]
-        emb = self._angles(positions)[:, None]
-        return emb.cos(), emb.sin()
+        return self._cos_signed_sin(self._angles(positions)[:, None])
 
     def apply(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``t * cos + rotate_half(t) * sin`` with ``rotate_half(t) = (-t2, t1)``; the sign lives in the
+        signed sin of :meth:`cos_sin` (``-t2 * s == t2 * -s`` exactly), so one copy of the halves is made."""
         dtype = t.dtype
         if self.full_precision:
             t = t.float()
         else:
             cos, sin = cos.to(dtype), sin.to(dtype)
         half = t.shape[-1] // 2
-        rot = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
+        rot = torch.cat((t[..., half:], t[..., :half]), dim=-1)
         return (t * cos + rot * sin).to(dtype)
 
 
