@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .ladder import _f, _read_records
+from .ladder import _check_resume, _f, _read_records
 
 __all__ = ["DEFAULT_SWEEP", "RULES", "FrontierSettings", "build_result", "markdown", "parse_sweep", "run_frontier",
            "text_table"]
@@ -295,20 +295,6 @@ def text_table(result: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- running
-
-
-def _check_resume(settings: FrontierSettings, json_path: Path) -> None:
-    if not json_path.exists():
-        return
-    try:
-        old = json.loads(json_path.read_text()).get("settings", {})
-    except json.JSONDecodeError:
-        return
-    new = settings.to_dict()
-    diff = [k for k in FrontierSettings.RESUME_KEYS if k in old and old[k] != new[k]]
-    if diff:
-        raise ConfigError(f"--resume: {json_path} was made with different {', '.join(diff)}; "
-                          "use another --out or --overwrite")
 
 
 def run_frontier(settings: FrontierSettings, out_prefix: str | Path, *, resume: bool = False,

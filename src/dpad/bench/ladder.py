@@ -289,7 +289,8 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     return recs
 
 
-def _check_resume(settings: LadderSettings, json_path: Path) -> None:
+def _check_resume(settings: Any, json_path: Path) -> None:
+    """Refuse to continue a run recorded with other ``settings.RESUME_KEYS`` (ladder and frontier)."""
     if not json_path.exists():
         return
     try:
@@ -297,7 +298,7 @@ def _check_resume(settings: LadderSettings, json_path: Path) -> None:
     except json.JSONDecodeError:
         return
     new = settings.to_dict()
-    diff = [k for k in LadderSettings.RESUME_KEYS if k in old and old[k] != new[k]]
+    diff = [k for k in type(settings).RESUME_KEYS if k in old and old[k] != new[k]]
     if diff:
         raise ConfigError(f"--resume: {json_path} was made with different {', '.join(diff)} "
                           f"({', '.join(f'{k}={old[k]!r}' for k in diff)}); use another --out or --overwrite")
