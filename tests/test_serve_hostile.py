@@ -523,3 +523,45 @@ def test_sigterm_with_a_request_in_flight_exits_within_the_timeout(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_prompt_that_is_slow_to_tokenize_stalls_no_other_request(lm: LoadedModel,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts are encoded off the event loop on private tokenizer copies: while one request's
+    tokenization is held (a gate; an 8 MiB prompt takes seconds), /health answers and another
+    completion is encoded, decoded and returned; the held request then finishes normally."""
+    from dpad.serve import app as app_mod
+
+    gate, entered = threading.Event(), threading.Event()
+    real = app_mod.encode_prompt
+    used: list[object] = []
+
+    def held(lm_, prompt, chat=None, *, tokenizer=None):  # noqa: ANN001, ANN202
+        used.append(tokenizer)
+        if isinstance(prompt, str) and prompt.startswith("HOLD "):
+            entered.set()
+            assert gate.wait(60)
+            prompt = prompt[len("HOLD "):]
+        return real(lm_, prompt, chat, tokenizer=tokenizer)
+
+    monkeypatch.setattr(app_mod, "encode_prompt", held)
+    app = create_app(lm, model_id=MODEL, defaults=DEFAULTS, max_batch_size=4, max_queue=16, batch_wait_ms=2)
+    with ServerThread(app) as url, httpx.Client(base_url=url, timeout=20) as c:
+        slow: dict = {}
+
+        def post_slow() -> None:
+            slow["r"] = c.post("/v1/completions", json={"model": MODEL, "prompt": "HOLD " + QS[1], "max_tokens": 16})
+
+        t = threading.Thread(target=post_slow)
+        t.start()
+        try:
+            assert entered.wait(20)
+            assert c.get("/health").status_code == 200
+            other = c.post("/v1/completions", json={"model": MODEL, "prompt": QS[0], "max_tokens": 16})
+            assert other.status_code == 200 and other.json()["choices"][0]["text"]
+            assert "r" not in slow  # still held
+        finally:
+            gate.set()
+            t.join(30)
+        assert slow["r"].status_code == 200 and slow["r"].json()["choices"][0]["text"]
+    assert used and all(tok is not None and tok is not lm.tokenizer for tok in used)

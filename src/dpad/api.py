@@ -94,10 +94,12 @@ def check_text(text: str, what: str = "prompt") -> str:
     return text
 
 
-def encode_prompt(lm: LoadedModel, prompt: str | list[int], chat: bool | None = None) -> list[int]:
+def encode_prompt(lm: LoadedModel, prompt: str | list[int], chat: bool | None = None, *,
+                  tokenizer: Any = None) -> list[int]:
     """Token ids for a prompt: ids pass through; text is tokenized (with the chat template when
     ``chat`` is True, or when ``chat`` is None and the checkpoint is an instruct one: it has a chat
-    template and is not a base model, see :mod:`dpad.models.chat`)."""
+    template and is not a base model, see :mod:`dpad.models.chat`). ``tokenizer``: a copy of the
+    checkpoint's tokenizer to use instead of ``lm.tokenizer`` (the server encodes on its own copies)."""
     if isinstance(prompt, (list, tuple)) or isinstance(prompt, torch.Tensor):
         ids = [int(t) for t in prompt]
         bad = [t for t in ids if not 0 <= t < lm.args.vocab_size]
@@ -107,7 +109,7 @@ def encode_prompt(lm: LoadedModel, prompt: str | list[int], chat: bool | None = 
     if not isinstance(prompt, str):
         raise ConfigError(f"a prompt must be text or a list of token ids, got {type(prompt).__name__}")
     check_text(prompt)
-    tok = lm.tokenizer
+    tok = tokenizer if tokenizer is not None else lm.tokenizer
     if tok is None:
         raise ConfigError("this checkpoint has no tokenizer files: pass token ids (e.g. --prompt-ids 1,2,3)")
     use_chat = chat if chat is not None else getattr(lm, "is_chat", bool(getattr(tok, "chat_template", None)))

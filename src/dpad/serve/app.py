@@ -11,8 +11,10 @@ on the :class:`Scheduler`'s worker thread, which batches concurrent compatible r
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+import queue
 import socket
 import threading
 import time
@@ -36,6 +38,7 @@ from .scheduler import Job, QueueFull, Scheduler, ShuttingDown, TextTracker, int
 DISCONNECT_POLL_S = 0.25
 MAX_BODY_BYTES = 8 << 20  # default request body limit (413 beyond)
 RETRY_AFTER_S = 1  # Retry-After of 429 (queue full) and 503 (shutting down) responses
+ENCODE_TOKENIZERS = 2  # tokenizer copies that encode prompts (off the event loop), besides the decoding one
 log = logging.getLogger("dpad.serve")
 
 
@@ -51,34 +54,49 @@ def default_model_id(path: str | Path | None) -> str:
 
 
 class Server:
-    """State shared by the endpoints: the model, its tokenizer (behind a lock), the scheduler."""
+    """State shared by the endpoints: the model, its tokenizers, the scheduler.
+
+    Prompts are encoded in worker threads (never on the event loop, so a long prompt cannot stall
+    other requests' streams or ``/health``) on ``encode_tokenizers`` private copies of the
+    tokenizer, one thread per copy at a time (fast tokenizers are not safe to share between
+    threads); streamed text is decoded on the original behind ``tok_lock``. A prompt that takes
+    long to tokenize (the body limit bounds it: a few seconds for 8 MiB) thus holds one copy only."""
 
     def __init__(self, lm, *, model_id: str, defaults: DecodeConfig, max_batch_size: int,  # noqa: ANN001
-                 max_queue: int, batch_wait_ms: float) -> None:
+                 max_queue: int, batch_wait_ms: float, encode_tokenizers: int = ENCODE_TOKENIZERS) -> None:
         self.lm, self.model_id, self.defaults = lm, model_id, defaults
         self.created = int(time.time())
         self.metrics = Metrics()
         self.scheduler = Scheduler(lm, max_batch_size=max_batch_size, max_queue=max_queue,
                                    batch_wait_ms=batch_wait_ms, metrics=self.metrics)
         self.tok_lock = threading.Lock()
+        self.enc_tokenizers: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(max(1, encode_tokenizers)):
+            self.enc_tokenizers.put(None if lm.tokenizer is None else copy.deepcopy(lm.tokenizer))
         self.metrics.add_gauge("dpad_queue_waiting", "Requests waiting for a batch.", lambda: self.scheduler.waiting)
         self.metrics.add_gauge("dpad_rows_running", "Rows of the batch being decoded.",
                                lambda: self.scheduler.running)
 
     # ------------------------------------------------------------------ tokens
     def encode(self, req: ParsedRequest) -> list[int]:
+        """The prompt's ids, checked against the context; blocking (call it from a worker thread)."""
+        tok = self.enc_tokenizers.get()
+        try:
+            return self._encode(req, tok)
+        finally:
+            self.enc_tokenizers.put(tok)
+
+    def _encode(self, req: ParsedRequest, tok: Any) -> list[int]:
         lm = self.lm
-        tok = lm.tokenizer
         field = "prompt" if req.kind == "completion" else "messages"
         try:
-            with self.tok_lock:
-                if req.kind == "completion":
-                    ids = encode_prompt(lm, req.prompt, req.chat_template)
-                else:
-                    if tok is None or not getattr(tok, "chat_template", None):
-                        raise ApiError(400, "this model has no chat template: use /v1/completions", "messages")
-                    text = tok.apply_chat_template(req.prompt, add_generation_prompt=True, tokenize=False)
-                    ids = tok(text, add_special_tokens=False)["input_ids"]
+            if req.kind == "completion":
+                ids = encode_prompt(lm, req.prompt, req.chat_template, tokenizer=tok)
+            else:
+                if tok is None or not getattr(tok, "chat_template", None):
+                    raise ApiError(400, "this model has no chat template: use /v1/completions", "messages")
+                text = tok.apply_chat_template(req.prompt, add_generation_prompt=True, tokenize=False)
+                ids = tok(text, add_special_tokens=False)["input_ids"]
         except ConfigError as e:
             raise ApiError(400, str(e), field) from e
         except (TypeError, ValueError, UnicodeError) as e:  # text the tokenizer or the template refuses
@@ -235,7 +253,7 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
         try:
             body = await read_json(request)
             req = parse(body, kind, model_id=srv.model_id, defaults=srv.defaults, max_len=lm.args.max_seq_len)
-            ids = srv.encode(req)
+            ids = await asyncio.to_thread(srv.encode, req)
         except ApiError as e:
             srv.record(endpoint, e.status, t0)
             return _error(e)
