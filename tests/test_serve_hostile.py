@@ -369,6 +369,8 @@ def test_catch_all_gives_json_500(lm: LoadedModel, monkeypatch: pytest.MonkeyPat
         assert set(e) == ERROR_KEYS and e["type"] == "server_error"
         assert "Traceback" not in r.text and "internal bug" not in r.text
         assert httpx.get(url + "/health").status_code == 200  # still serving
+        m = httpx.get(url + "/metrics").text
+        assert 'dpad_requests_total{endpoint="completions",status="500"} 1' in m, m
 
 
 # ----------------------------------------------------------------------------------------- empty prompt

@@ -135,12 +135,15 @@ def _error(e: ApiError) -> Response:
                     media_type="application/json")
 
 
+_ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
+
+
 class CatchAll:
     """ASGI middleware: an exception that escapes a route becomes a JSON 500 (OpenAI error body),
     logged once in one line; the client never sees a traceback or a plain-text error."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, metrics: Metrics | None = None) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -158,6 +161,10 @@ class CatchAll:
             await self.app(scope, receive, send_)
         except Exception as e:  # noqa: BLE001 - the catch-all
             p = internal_error(e, f"{scope.get('method')} {short_repr(scope.get('path'), 60)} failed")
+            if self.metrics is not None:  # counted like every other response (endpoint as the routes name it)
+                path = str(scope.get("path", ""))
+                endpoint = _ENDPOINTS.get(path, "other")
+                self.metrics.requests.inc(endpoint=endpoint, status="500")
             if not started:
                 await _error(ApiError.from_payload({**p, "message": "internal server error; the server log "
                                                     "has the details"}))(scope, receive, send)
@@ -184,7 +191,7 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
 
     app = FastAPI(title="dpad", description="OpenAI-compatible server for diffusion LMs", lifespan=lifespan)
     app.state.dpad = srv
-    app.add_middleware(CatchAll)
+    app.add_middleware(CatchAll, metrics=srv.metrics)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
