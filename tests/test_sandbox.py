@@ -265,3 +265,33 @@ def test_isolation_method_is_reported():
     assert isolation_method() in ("bubblewrap", "unshare", "none")
     assert isolation_method(allow_unsandboxed=True) in ("bubblewrap", "unshare", OPTED_IN)
     assert run_python("pass").isolation == isolation_method(allow_unsandboxed=True)
+
+
+@pytest.mark.parametrize("layer", [la for la in LAYERS[:-1] if la in sandbox.available_isolation()])
+def test_a_python_installation_below_tmp_stays_visible(layer: str, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A virtual environment made below /tmp (pytest's tmp_path is there) is bound read-only on top
+    of the sandbox's private /tmp, not hidden by it; the rest of the host's /tmp stays invisible."""
+    if not str(tmp_path.resolve()).startswith("/tmp/"):
+        pytest.skip("tmp_path is not below /tmp here")
+    env_dir = tmp_path / "venv-like"
+    env_dir.mkdir()
+    (env_dir / "marker.txt").write_text("installed")
+    (tmp_path / "host-secret.txt").write_text("secret")
+    env_dir.chmod(0o755)
+    tmp_path.chmod(0o755)
+    real = str(env_dir.resolve())
+    plan = sandbox._readonly_plan() + (("bind", real, real),)
+    monkeypatch.setattr(sandbox, "_readonly_plan", lambda: plan)
+    code = textwrap.dedent(f"""
+        import os
+        print(open({real + '/marker.txt'!r}).read())
+        print(os.path.exists({str(tmp_path.resolve() / 'host-secret.txt')!r}))
+        try:
+            open({real + '/new.txt'!r}, "w")
+            print("writable")
+        except OSError:
+            print("read-only")
+    """)
+    res = sandbox.run_python(code, isolation=layer, guard=False)
+    assert res.passed, (res.status, res.stderr)
+    assert res.stdout.split() == ["installed", "False", "read-only"]

@@ -415,7 +415,12 @@ def _bwrap_argv(tool: str, host_solution: str, sizes: tuple[int, int], privilege
                  "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         argv += ["--unshare-all", "--unshare-user"]
-    made: set[str] = set()
+    # the fresh /dev, /proc and the private /tmp first: a read-only bind below /tmp (a virtual
+    # environment made there) then lands on the private /tmp instead of being hidden by it
+    argv += ["--dev", "/dev", "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm",
+             "--remount-ro", "/dev", "--proc", "/proc",
+             "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
+    made: set[str] = {"/dev", "/proc", "/tmp"}
     for kind, src, dest in _readonly_plan():
         # bwrap would copy the host's modes for missing parents (e.g. 0700 for /root): make them 0755
         parent, parents = os.path.dirname(dest), []
@@ -426,10 +431,7 @@ def _bwrap_argv(tool: str, host_solution: str, sizes: tuple[int, int], privilege
         for d in reversed(parents):
             argv += ["--perms", "0755", "--dir", d]
         argv += ["--symlink", src, dest] if kind == "symlink" else ["--ro-bind", src, dest]
-    argv += ["--dev", "/dev", "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm",
-             "--remount-ro", "/dev", "--proc", "/proc",
-             "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
-             "--perms", "0777", "--size", str(work_bytes), "--tmpfs", _WORK,
+    argv += ["--perms", "0777", "--size", str(work_bytes), "--tmpfs", _WORK,
              "--ro-bind", host_solution, f"{_WORK}/{_SOLUTION_NAME}",
              "--remount-ro", "/", "--chdir", _WORK, "--", *runner]
     return argv
@@ -441,7 +443,11 @@ def _unshare_script(root_dir: str, host_solution: str, sizes: tuple[int, int], a
     q = shlex.quote
     tmp_bytes, work_bytes = sizes
     r = q(root_dir)
-    lines = ["set -eu", "umask 022", f"mount -t tmpfs -o mode=0755,size=4m dpad-root {r}"]
+    lines = ["set -eu", "umask 022", f"mount -t tmpfs -o mode=0755,size=4m dpad-root {r}",
+             # the private /tmp first, so that a read-only bind below /tmp (a virtual environment
+             # made there) lands on it instead of being hidden by it
+             f"mkdir {r}/tmp && mount -t tmpfs -o mode=1777,size={tmp_bytes},nr_inodes=16384,nosuid,nodev "
+             f"dpad-tmp {r}/tmp"]
     for kind, src, dest in _readonly_plan():
         target = q(root_dir + dest)
         if kind == "symlink":
@@ -458,7 +464,6 @@ def _unshare_script(root_dir: str, host_solution: str, sizes: tuple[int, int], a
         f"ln -s /proc/self/fd {r}/dev/fd && mkdir {r}/dev/shm",
         f"mount -t tmpfs -o mode=1777,size={tmp_bytes},nr_inodes=16384,nosuid,nodev dpad-shm {r}/dev/shm",
         f"mount -o remount,ro,bind {r}/dev",
-        f"mkdir {r}/tmp && mount -t tmpfs -o mode=1777,size={tmp_bytes},nr_inodes=16384,nosuid,nodev dpad-tmp {r}/tmp",
         f"mkdir {r}{_WORK} && mount -t tmpfs -o mode=0777,size={work_bytes},nr_inodes=16384,nosuid,nodev dpad-work {r}{_WORK}",
         f"cp {q(host_solution)} {r}{_WORK}/{_SOLUTION_NAME} && chmod 0444 {r}{_WORK}/{_SOLUTION_NAME}",
         f"mkdir {r}/.old && cd {r} && pivot_root . .old && cd / && umount -l /.old && rmdir /.old",
