@@ -19,6 +19,7 @@ from conftest import GOLDEN_DIR, HUB_MODELS
 import dpad
 from dpad.cli import main as dpad_main
 from dpad.errors import CheckpointError
+from dpad.eval.methods import EMBEDDED_PARALLEL
 from dpad.models import LoadedModel, download_command
 from dpad.models import load as load_checkpoint
 from dpad.synthetic import arith
@@ -135,6 +136,16 @@ def test_cli_eval_by_id(hub: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert summary["model"] == "dpad-test/embedded" and summary["model_revision"] is None
     assert summary["summary"]["n"] == 2 and summary["summary"]["response_tokens"] > 0
     assert "| arith | parallel+prefix | 32 | 2 |" in capsys.readouterr().out
+    # the embedded model named by id is recognised as the embedded model: its own parallel rule
+    assert summary["config"]["threshold"] == EMBEDDED_PARALLEL["threshold"]
+
+
+def test_embedded_copy_by_id_gets_the_embedded_family(hub: Path) -> None:
+    from dpad.eval.methods import model_family
+    from dpad.models.loading import read_config
+
+    assert model_family("dpad-test/embedded", read_config("dpad-test/embedded")) == "embedded"
+    assert model_family("dpad-test/tiny", read_config("dpad-test/tiny")) == "llada-instruct"
 
 
 def test_cli_serve_by_id(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:

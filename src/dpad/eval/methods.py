@@ -19,6 +19,8 @@ published models, :data:`EMBEDDED_PARALLEL` (chosen on the accuracy-speed fronti
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,8 @@ def model_family(model_path: str | Path | None, config: dict[str, Any] | None = 
             return "embedded"
     except OSError:
         pass
+    if config is not None and config == _embedded_config():
+        return "embedded"  # a copy of it (a hub id, another directory): the same model, the same presets
     name = str(model_path).lower()
     mtype = str((config or {}).get("model_type", "")).lower()
     if "dream" in mtype or "dream" in name:
@@ -158,6 +162,13 @@ def model_family(model_path: str | Path | None, config: dict[str, Any] | None = 
     if "1.5" in name or "1_5" in name:
         return "llada-1.5"
     return "llada-instruct"
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_config() -> dict[str, Any]:
+    from ..api import embedded_model_path
+
+    return json.loads((embedded_model_path() / "config.json").read_text())
 
 
 def _is_chat_dir(model_path: str | Path, config: dict[str, Any] | None) -> bool:
