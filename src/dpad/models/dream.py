@@ -62,13 +62,15 @@ def args_from_config(cfg: dict[str, Any]) -> ModelArgs:
     )
 
 
+TOP_LEVEL_KEYS = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight",
+                  "lm_head.weight": "head.weight"}
+"""The official (Hugging Face decoder layout) names of the tensors outside the layers -> ours
+(Dream and LLaDA-MoE share them)."""
+
+
 def map_checkpoint_key(key: str, args: ModelArgs) -> str | None:
-    if key == "model.embed_tokens.weight":
-        return "embed.weight"
-    if key == "model.norm.weight":
-        return "norm.weight"
-    if key == "lm_head.weight":
-        return "head.weight"
+    if key in TOP_LEVEL_KEYS:
+        return TOP_LEVEL_KEYS[key]
     if key.startswith("model.layers."):
         _, _, idx, rest = key.split(".", 3)
         if rest in _LAYER_KEYS:
@@ -77,12 +79,9 @@ def map_checkpoint_key(key: str, args: ModelArgs) -> str | None:
 
 
 def checkpoint_key(ours: str, args: ModelArgs) -> str:
-    if ours == "embed.weight":
-        return "model.embed_tokens.weight"
-    if ours == "norm.weight":
-        return "model.norm.weight"
-    if ours == "head.weight":
-        return "lm_head.weight"
+    top = {v: k for k, v in TOP_LEVEL_KEYS.items()}
+    if ours in top:
+        return top[ours]
     _, idx, rest = ours.split(".", 2)
     inv = {v: k for k, v in _LAYER_KEYS.items()}
     return f"model.layers.{idx}.{inv[rest]}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .dream import TOP_LEVEL_KEYS
 from .layers import ModelArgs
 from .moe import MoEArgs
 
@@ -108,12 +109,8 @@ def args_from_config(cfg: dict[str, Any]) -> ModelArgs:
 
 def map_checkpoint_key(key: str, args: ModelArgs) -> str | None:
     """Official checkpoint key -> our module key (None: not a parameter we hold)."""
-    if key == "model.embed_tokens.weight":
-        return "embed.weight"
-    if key == "model.norm.weight":
-        return "norm.weight"
-    if key == "lm_head.weight":
-        return "head.weight"
+    if key in TOP_LEVEL_KEYS:
+        return TOP_LEVEL_KEYS[key]
     if key.startswith(_PREFIX):
         idx, rest = key[len(_PREFIX):].split(".", 1)
         for official, ours in _RENAMES:
@@ -124,8 +121,7 @@ def map_checkpoint_key(key: str, args: ModelArgs) -> str | None:
 
 def checkpoint_key(ours: str, args: ModelArgs) -> str:
     """Inverse of :func:`map_checkpoint_key` (names missing tensors in the official scheme)."""
-    inverse = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-               "head.weight": "lm_head.weight"}
+    inverse = {v: k for k, v in TOP_LEVEL_KEYS.items()}
     if ours in inverse:
         return inverse[ours]
     _, idx, rest = ours.split(".", 2)
