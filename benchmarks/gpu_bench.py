@@ -15,6 +15,10 @@ default ``$OUT`` or ``benchmarks/results``). A time budget (``--budget-s``, defa
 adding measurements and writes what it has.
 
     python benchmarks/gpu_bench.py --out "$OUT"
+
+``--smoke`` runs the same code on the CPU at toy sizes (a 2-layer model, gen 64/128, batches 1/2,
+float64, the bucketed static-KV path traced by dynamo with the ``eager`` backend instead of
+inductor + CUDA graphs), so the script is tested before a GPU is lent (``tests/test_gpu_bench.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,25 @@ LLADA_8B = {"d_model": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "m
             "vocab_size": 126464, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "max_sequence_length": 4096}
 PROMPT, BLOCK, KEPT = 128, 32, 32
 T0 = time.perf_counter()
+
+
+class Plan:
+    """What one run measures (the GPU plan; :meth:`smoke` shrinks it for a CPU check of the script)."""
+
+    shape: dict[str, Any] = LLADA_8B
+    gen_lengths: tuple[int, ...] = (256, 1024, 2048)
+    batches: tuple[int, ...] = (1, 16, 64)
+    throughput_gen: int = 256
+    dtype: torch.dtype = torch.bfloat16
+    compile: dict[str, Any] = {"mode": "reduce-overhead", "bucket": 64}
+
+    @classmethod
+    def smoke(cls) -> None:
+        cls.shape = {**LLADA_8B, "d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4,
+                     "mlp_hidden_size": 128, "vocab_size": 2000}
+        cls.gen_lengths, cls.batches, cls.throughput_gen = (64, 128), (1, 2), 64
+        cls.dtype = torch.float64
+        cls.compile = {"mode": "reduce-overhead", "bucket": 16, "backend": "eager"}
 
 
 def left(budget: float) -> float:
@@ -62,11 +85,11 @@ def timed(fn: Any, reps: int) -> float:
 def big_model(dev: torch.device, dtype: torch.dtype) -> Any:
     from dpad.models.layers import ModelArgs, Transformer
 
-    c = LLADA_8B
+    c = Plan.shape
     args = ModelArgs(arch="llada", vocab_size=c["vocab_size"], dim=c["d_model"], n_layers=c["n_layers"],
                      n_heads=c["n_heads"], n_kv_heads=c["n_kv_heads"], hidden_dim=c["mlp_hidden_size"],
                      rope_theta=c["rope_theta"], norm_eps=c["rms_norm_eps"], max_seq_len=c["max_sequence_length"],
-                     mask_token_id=126336, eos_token_id=126081)
+                     mask_token_id=c["vocab_size"] - 128, eos_token_id=c["vocab_size"] - 383)
     with torch.device("meta"):
         m = Transformer(args)
     m = m.to_empty(device=dev)
@@ -87,13 +110,13 @@ def big_model(dev: torch.device, dtype: torch.dtype) -> Any:
 def forward_bench(dev: torch.device, budget: float, reps: int) -> dict[str, Any]:
     from dpad.models.compiled import CompiledForward
 
-    model = big_model(dev, torch.bfloat16)
+    model = big_model(dev, Plan.dtype)
     rows: list[dict[str, Any]] = []
     view = PROMPT + BLOCK + KEPT
 
     def shapes(G: int) -> list[tuple[str, Any]]:
-        full_ids = torch.randint(0, 126000, (1, PROMPT + G), device=dev)
-        v_ids = torch.randint(0, 126000, (1, view), device=dev)
+        full_ids = torch.randint(0, Plan.shape["vocab_size"] - 500, (1, PROMPT + G), device=dev)
+        v_ids = torch.randint(0, Plan.shape["vocab_size"] - 500, (1, view), device=dev)
 
         def full() -> Any:
             return model(full_ids, logits_range=(PROMPT, PROMPT + BLOCK))
@@ -114,8 +137,8 @@ def forward_bench(dev: torch.device, budget: float, reps: int) -> dict[str, Any]
     with torch.no_grad():
         for mode in ("eager", "compiled"):
             if mode == "compiled":
-                model.compiled = CompiledForward(model, mode="reduce-overhead", bucket=64)
-            for G in (256, 1024, 2048):
+                model.compiled = CompiledForward(model, **Plan.compile)
+            for G in Plan.gen_lengths:
                 for kind, fn, T in shapes(G):
                     if left(budget) < 30:
                         break
@@ -133,7 +156,7 @@ def forward_bench(dev: torch.device, budget: float, reps: int) -> dict[str, Any]
     for r in rows:
         if r["mode"] == "compiled" and (r["gen_length"], r["forward"]) in eager:
             r["compiled_vs_eager"] = r["latency_ms"] / eager[(r["gen_length"], r["forward"])]
-    return {"rows": rows, "compile": stats, "config": LLADA_8B, "prompt": PROMPT, "block": BLOCK, "kept": KEPT}
+    return {"rows": rows, "compile": stats, "config": Plan.shape, "prompt": PROMPT, "block": BLOCK, "kept": KEPT}
 
 
 def throughput_bench(dev: torch.device, budget: float) -> dict[str, Any]:
@@ -144,9 +167,10 @@ def throughput_bench(dev: torch.device, budget: float) -> dict[str, Any]:
 
     task = get_task("arith")
     _, cfg = resolve_config("parallel+prefix+dpad-threshold0.9", family="embedded", task="arith",
-                            overrides={"gen_length": 256})
-    eager = dpad.load(None, device=dev, dtype="bfloat16")
-    samples = task.samples(64)
+                            overrides={"gen_length": Plan.throughput_gen})
+    dtype = str(Plan.dtype).removeprefix("torch.")
+    eager = dpad.load(None, device=dev, dtype=dtype)
+    samples = task.samples(max(Plan.batches))
     from dpad.api import encode_prompt
 
     ids = [encode_prompt(eager, s.prompt, task.chat) for s in samples]
@@ -158,10 +182,10 @@ def throughput_bench(dev: torch.device, budget: float) -> dict[str, Any]:
             if left(budget) < 60:
                 break
             t = time.perf_counter()
-            comp = dpad.load(None, device=dev, dtype="bfloat16", compile=True)
+            comp = dpad.load(None, device=dev, dtype=dtype, compile=Plan.compile if dev.type == "cpu" else True)
             load_s = time.perf_counter() - t
         lm = eager if mode == "eager" else comp
-        for B in (1, 16, 64):
+        for B in Plan.batches:
             if left(budget) < 20:
                 break
             batch = ids[:B]
@@ -183,8 +207,14 @@ def throughput_bench(dev: torch.device, budget: float) -> dict[str, Any]:
         if r["mode"] == "compiled" and ("eager", r["batch"]) in outs:
             r["same_tokens_as_eager"] = outs[("compiled", r["batch"])] == outs[("eager", r["batch"])]
     return {"rows": rows, "compile": comp.model.compiled.stats() if comp is not None else None,
-            "compiled_load_s": load_s if comp is not None else None, "method": "parallel+prefix+dpad",
-            "gen_length": 256}
+            "compiled_load_s": load_s if comp is not None else None, "method": "parallel+prefix+dpad-threshold0.9",
+            "gen_length": Plan.throughput_gen}
+
+
+def _describe(opts: dict[str, Any]) -> str:
+    backend = opts.get("backend", "inductor")
+    graphs = " (CUDA graphs)" if opts.get("mode") == "reduce-overhead" and backend == "inductor" else ""
+    return f"{backend}, mode {opts.get('mode')}{graphs}, {opts.get('bucket')}-token buckets"
 
 
 def main() -> int:
@@ -193,28 +223,36 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=480.0)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--skip", nargs="*", default=[], choices=["forward", "throughput"])
+    ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks the script, measures nothing")
     ns = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu_bench: no CUDA device", file=sys.stderr)
+    if ns.smoke:
+        Plan.smoke()
+    elif not torch.cuda.is_available():
+        print("gpu_bench: no CUDA device (--smoke checks the script on the CPU)", file=sys.stderr)
         return 2
     from dpad.eval.env import collect_env, command_line
 
-    dev = torch.device("cuda")
+    dev = torch.device("cpu" if ns.smoke else "cuda")
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = collect_env(dev, torch.bfloat16)
+    env = collect_env(dev, Plan.dtype)
+    if ns.smoke:
+        env["smoke"] = "toy sizes on the CPU: a check of the script, not a measurement"
     cmd = "python " + command_line()
     if "forward" not in ns.skip:
         try:
             f = forward_bench(dev, ns.budget_s * 0.6, ns.reps)
         except Exception as e:  # noqa: BLE001 - keep going, record the failure
             f = {"rows": [], "error": f"{type(e).__name__}: {e}"}
-        res = {"kind": "forward_gpu", "env": env, "model": "llada-8b-shaped (random bf16 weights)",
+        dname = str(Plan.dtype).removeprefix("torch.")
+        res = {"kind": "forward_gpu", "env": env, "model": f"llada-8b-shaped (random {dname} weights)"
+               + (" (smoke: toy sizes)" if ns.smoke else ""),
                "command": cmd, **f}
         (out / "forward_gpu.json").write_text(json.dumps(res, indent=1) + "\n")
-        md = ["### Per-forward latency, LLaDA-8B-shaped model (bf16, random weights)", "",
-              f"{env.get('gpu')}, torch {env['torch']}. Compiled: torch.compile inductor, reduce-overhead "
-              f"(CUDA graphs), 64-token buckets. Prompt {PROMPT}, block {BLOCK}, ~{KEPT} kept suffix tokens.", "",
+        md = [f"### Per-forward latency, LLaDA-8B-shaped model ({dname}, random weights)", "",
+              f"{env.get('gpu') or env.get('cpu')}, torch {env['torch']}. Compiled: torch.compile "
+              f"{_describe(Plan.compile)}. Prompt {PROMPT}, block {BLOCK}, ~{KEPT} kept suffix tokens."
+              + (f" **{env['smoke']}.**" if ns.smoke else ""), "",
               "| gen | forward | tokens | eager (ms) | compiled (ms) | compiled / eager |", "|---:|---|---:|---:|---:|---:|"]
         by = {(r["gen_length"], r["forward"], r["mode"]): r for r in f["rows"]}
         for (G, kind, mode), r in by.items():
@@ -235,7 +273,11 @@ def main() -> int:
         res = {"kind": "throughput_gpu_compiled", "env": env, "model": "embedded", "task": "arith",
                "command": cmd, **t}
         (out / "throughput_gpu_compiled.json").write_text(json.dumps(res, indent=1) + "\n")
-        md = ["### Embedded model batched throughput, eager vs compiled (bf16)", "",
+        md = [f"### Embedded model batched throughput, eager vs compiled ({str(Plan.dtype).removeprefix('torch.')})", "",
+              f"{env.get('gpu') or env.get('cpu')}, torch {env['torch']}; parallel+prefix+dpad-threshold0.9 at gen "
+              f"{Plan.throughput_gen}; compiled: " + ("dpad.load(compile=True)" if not ns.smoke else
+                                                    f"torch.compile {_describe(Plan.compile)}")
+              + (f". **{env['smoke']}.**" if ns.smoke else "."), "",
               "| mode | batch | latency (s) | tok/s | vs batch 1 | same tokens as eager |",
               "|---|---:|---:|---:|---:|---|"]
         for r in t["rows"]:
