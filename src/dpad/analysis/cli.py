@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli import int_in
 from ..config import MAX_LENGTH, MAX_SEED
 from ..errors import ConfigError
+from ..flags import int_in
 
 
 def _model_label(ns: argparse.Namespace) -> str:
@@ -48,7 +48,7 @@ def _check_prompt_args(ns: argparse.Namespace) -> None:
 
 
 def _prompt(lm: Any, ns: argparse.Namespace) -> Any:
-    from ..cli import parse_ids
+    from ..flags import parse_ids
     from .common import resolve_prompt
 
     ids = parse_ids(ns.prompt_ids) if ns.prompt_ids is not None else None
@@ -68,7 +68,7 @@ def _report(out: Path, files: list[str], line: str, t0: float) -> None:
 
 
 def cmd_attention(ns: argparse.Namespace) -> int:
-    from ..cli import decode_config_from_args
+    from ..flags import decode_config_from_args
     from .attention import analyze_attention
 
     t0 = time.perf_counter()
@@ -87,7 +87,7 @@ def cmd_attention(ns: argparse.Namespace) -> int:
 
 
 def cmd_migration(ns: argparse.Namespace) -> int:
-    from ..cli import decode_config_from_args
+    from ..flags import decode_config_from_args
     from .common import problem_prompts
     from .migration import analyze_migration
 
@@ -124,7 +124,7 @@ def cmd_migration(ns: argparse.Namespace) -> int:
 
 
 def cmd_keep(ns: argparse.Namespace) -> int:
-    from ..cli import decode_config_from_args
+    from ..flags import decode_config_from_args
     from .keep import analyze_keep
 
     t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def cmd_keep(ns: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import add_decode_args, add_model_args
+    from ..flags import add_decode_args, add_model_args
 
     ap = subparsers.add_parser("analyze", help="see DPad's observations on a model (attention, migration, keep)",
                                description="Analysis commands; each writes PNG + CSV + JSON into --out. "

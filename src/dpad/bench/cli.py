@@ -6,15 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli import add_decode_args, add_model_args, float_in, int_in
 from ..config import MAX_LENGTH, MAX_SEED
 from ..errors import ConfigError
 from ..eval.methods import EMBEDDED_DEFAULTS, EMBEDDED_PARALLEL
+from ..flags import add_decode_args, add_model_args, decode_overrides, float_in, int_in
 from .ladder import DEFAULT_GEN_LENGTHS, DEFAULT_METHODS
 
 
 def cmd_frontier(ns: argparse.Namespace, task_options: dict[str, Any]) -> int:
-    from ..eval.cli import decode_overrides
     from ..eval.env import command_from_namespace
     from .frontier import DEFAULT_SWEEP, FrontierSettings, parse_sweep, run_frontier, text_table
 
@@ -34,7 +33,6 @@ def cmd_frontier(ns: argparse.Namespace, task_options: dict[str, Any]) -> int:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from ..eval.cli import decode_overrides
     from .ladder import LadderSettings, run_ladder, text_table
 
     task_options: dict[str, Any] = {k: v for k, v in {

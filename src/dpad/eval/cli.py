@@ -10,22 +10,10 @@ import argparse
 import sys
 from typing import Any
 
-from ..cli import add_decode_args, add_model_args, int_in
 from ..config import MAX_SEED
+from ..flags import add_decode_args, add_model_args, decode_overrides, int_in
 from .methods import EMBEDDED_DEFAULTS, EMBEDDED_PARALLEL, LADDER
 from .tasks import TASKS
-
-_DECODE_SKIP = {"preset"}
-
-
-def decode_overrides(ns: argparse.Namespace) -> dict[str, Any]:
-    """The decoding flags given explicitly on the command line (unset ones are None)."""
-    from dataclasses import fields
-
-    from ..config import DecodeConfig
-
-    return {f.name: getattr(ns, f.name) for f in fields(DecodeConfig)
-            if f.name != "extra" and getattr(ns, f.name, None) is not None}
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from ..errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import add_decode_args, add_model_args, float_in, int_in
+    from ..flags import add_decode_args, add_model_args, float_in, int_in
 
     p = sub.add_parser(
         "serve", help="OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions) with dynamic batching",
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
-    from ..cli import decode_config_from_args
+    from ..flags import decode_config_from_args
 
     defaults = decode_config_from_args(ns)
     try:

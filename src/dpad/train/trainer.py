@@ -406,7 +406,7 @@ _AT_LEAST_ONE = {"dim", "layers", "heads", "hidden", "max_seq_len", "batch_token
 
 def build_parser() -> Any:
     """``dpad train``'s flags: one per TrainConfig field (one-line errors, ranged numbers)."""
-    from ..cli import ArgumentParser, float_in, int_in
+    from ..flags import ArgumentParser, float_in, int_in
 
     ap = ArgumentParser(prog="dpad train", description="Train the embedded tiny dLLM (LLaDA SFT recipe).")
     for f in fields(TrainConfig):
