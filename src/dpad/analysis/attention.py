@@ -136,8 +136,10 @@ class AttentionRecorder:
         pos = torch.arange(T, device=ids.device) if positions is None else positions[0]
         cache = b.arguments["cache"]
         start = int(b.arguments["cache_start"])
-        if cache is None:
+        if cache is None or getattr(cache, "self_contained", False):  # attends over its own tokens
             keys = pos
+            if cache is not None:  # a refresh: these are the view's slots, read by the next steps
+                self._view_positions = pos.clone()
         else:
             if start == 0 and T == cache.slots:
                 self._view_positions = pos.clone()
@@ -149,7 +151,10 @@ class AttentionRecorder:
         if rng is None:
             r0, r1 = 0, T
         else:
-            r0, r1 = int(rng[0]), int(rng[1])
+            if isinstance(rng, torch.Tensor) and rng.ndim == 2:  # the engine's rows per batch row
+                r0, r1 = int(rng[0, 0]), int(rng[0, -1]) + 1
+            else:
+                r0, r1 = int(rng[0]), int(rng[1])
             if self.block_length is not None:
                 r1 = min(T, r1 + self._shift)
                 r0 = max(0, r1 - self.block_length)
@@ -203,7 +208,7 @@ def block_attention_probs(module: Attention, x: torch.Tensor, rotary: nn.Module,
     hd = module.head_dim
     with torch.no_grad():
         q = module.query(x[:, r0:r1], rotary, cos[:, :, r0:r1], sin[:, :, r0:r1])
-        if cache is None:
+        if cache is None or getattr(cache, "self_contained", False):
             k = module.key(x, rotary, cos, sin)
         else:
             k = cache.k[layer]

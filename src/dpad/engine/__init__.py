@@ -1,6 +1,7 @@
-"""The decode engine: one loop (``loop.decode_batch``; ``loop.decode`` is its one-row case)
-composed of separate policies."""
+"""The decode engine: a step-wise :class:`Engine` (requests join and leave between forwards) composed
+of separate policies; ``decode_batch`` / ``decode`` run a closed batch through it."""
 
-from .loop import BlockEvent, GenerationOutput, decode, decode_batch
+from .engine import BlockEvent, Engine, Finished, GenerationOutput
+from .loop import decode, decode_batch
 
-__all__ = ["BlockEvent", "GenerationOutput", "decode", "decode_batch"]
+__all__ = ["BlockEvent", "Engine", "Finished", "GenerationOutput", "decode", "decode_batch"]

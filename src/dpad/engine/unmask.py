@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from ..rules import RULES
+
 NEG_INF = float("-inf")
 
 
@@ -212,30 +214,59 @@ class RankedRule(CountRule):
         return out
 
 
-class Threshold(RankedRule):
+class BatchedRankedRule(RankedRule):
+    """A ranked rule whose acceptance is one tensor computation over rows: :meth:`accept_rows` takes
+    the ranked confidences ``[rows, L]`` (descending, ``-inf`` after a row's masked positions), each
+    row's knob ``[rows]`` and (``needs_entropy``) the ranked entropies, and returns which ranks pass
+    (the engine then keeps the top-1 and nothing past a row's masked positions). The one-row
+    :meth:`accept_ranked` is the same computation on one row. Registered in ``RANKED_RULES`` under
+    the name of its :mod:`dpad.rules` spec (= the DecodeConfig field of its knob)."""
+
+    def __init__(self, knob: float) -> None:
+        self.knob = knob
+
+    @staticmethod
+    def accept_rows(ranked: torch.Tensor, knob: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def accept_ranked(self, ranked: torch.Tensor, positions: torch.Tensor,
+                      entropy: torch.Tensor | None) -> torch.Tensor:
+        knob = torch.tensor([self.knob], dtype=ranked.dtype, device=ranked.device)
+        return self.accept_rows(ranked[None], knob, None if entropy is None else entropy[None])[0]
+
+
+def _prefix(ok: torch.Tensor) -> torch.Tensor:
+    """The longest all-True prefix of each row (the first rank always accepted)."""
+    ok[:, 0] = True
+    return torch.cumprod(ok.to(torch.int64), 1).bool()
+
+
+class Threshold(BatchedRankedRule):
     """Fast-dLLM: every masked position with confidence >= tau (the most confident always)."""
 
-    def __init__(self, tau: float) -> None:
-        self.tau = tau
+    @property
+    def tau(self) -> float:
+        return self.knob
 
-    def accept(self, ranked: torch.Tensor) -> torch.Tensor:
-        return ranked >= self.tau
+    @staticmethod
+    def accept_rows(ranked: torch.Tensor, knob: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
+        return ranked >= knob[:, None]
 
 
-class Factor(RankedRule):
+class Factor(BatchedRankedRule):
     """Fast-dLLM factor rule: accept the n-th (1-based) while c_n >= 1 - f / (n + 1)."""
 
-    def __init__(self, f: float) -> None:
-        self.f = f
+    @property
+    def f(self) -> float:
+        return self.knob
 
-    def accept(self, ranked: torch.Tensor) -> torch.Tensor:
-        n = torch.arange(1, len(ranked) + 1, dtype=ranked.dtype, device=ranked.device)
-        ok = ranked >= 1 - self.f / (n + 1)
-        ok[0] = True
-        return torch.cumprod(ok.to(torch.int64), 0).bool()
+    @staticmethod
+    def accept_rows(ranked: torch.Tensor, knob: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
+        n = torch.arange(1, ranked.shape[1] + 1, dtype=ranked.dtype, device=ranked.device)
+        return _prefix(ranked >= 1 - knob[:, None] / (n + 1))
 
 
-class EntropyBounded(RankedRule):
+class EntropyBounded(BatchedRankedRule):
     """EB-sampler (Ben-Hamu et al. 2025, "Accelerated Sampling from Masked Diffusion Models via
     Entropy Bounded Unmasking"): rank the masked positions by the error proxy (the configured
     confidence: ``entropy`` ranks by entropy, ``low_confidence`` by probability) and commit the
@@ -243,16 +274,25 @@ class EntropyBounded(RankedRule):
 
     needs_entropy = True
 
-    def __init__(self, gamma: float) -> None:
-        self.gamma = gamma
+    @property
+    def gamma(self) -> float:
+        return self.knob
 
-    def accept_ranked(self, ranked: torch.Tensor, positions: torch.Tensor,
-                      entropy: torch.Tensor | None) -> torch.Tensor:
+    @staticmethod
+    def accept_rows(ranked: torch.Tensor, knob: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
         assert entropy is not None
-        bound = torch.cumsum(entropy, 0) - torch.cummax(entropy, 0).values
-        ok = bound <= self.gamma
-        ok[0] = True
-        return torch.cumprod(ok.to(torch.int64), 0).bool()
+        bound = torch.cumsum(entropy, 1) - torch.cummax(entropy, 1).values
+        return _prefix(bound <= knob[:, None])
+
+
+RANKED_RULES: dict[str, type[BatchedRankedRule]] = {"threshold": Threshold, "factor": Factor,
+                                                     "entropy_bound": EntropyBounded}
+"""The implementation of every parallel rule of :data:`dpad.rules.RULES`, by name."""
+
+
+def ranked_rule_name(cfg) -> str | None:  # noqa: ANN001
+    """The name of ``cfg``'s parallel rule (the one rule field that is set), or None."""
+    return next((name for name in RULES if getattr(cfg, name) is not None), None)
 
 
 class DependencyGuard(RankedRule):
@@ -356,13 +396,8 @@ class Unmasker:
         self.proposer = proposer(cfg.confidence, cfg.temperature, cfg.top_p, cfg.top_k, gen, banned, unconfident)
         self.layout = (0, 0)
         kind = cfg.schedule if cfg.schedule != "auto" else ("dream" if family == "dream" else "llada")
-        ranked: RankedRule | None = None
-        if cfg.threshold is not None:
-            ranked = Threshold(cfg.threshold)
-        elif cfg.factor is not None:
-            ranked = Factor(cfg.factor)
-        elif cfg.entropy_bound is not None:
-            ranked = EntropyBounded(cfg.entropy_bound)
+        name = ranked_rule_name(cfg)
+        ranked: RankedRule | None = None if name is None else RANKED_RULES[name](getattr(cfg, name))
         if ranked is not None and cfg.dependency_distance is not None:
             strict = float("inf") if cfg.dependency_threshold is None else cfg.dependency_threshold
             ranked = DependencyGuard(ranked, cfg.dependency_distance, strict)
@@ -382,3 +417,103 @@ class Unmasker:
     def select(self, logits: torch.Tensor, masked: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [n, V], masked [n] -> (commit mask [n], tokens [n])."""
         return self.rule.choose(self.proposer, logits, masked, step, self.layout)
+
+
+# --------------------------------------------------------------------------- batched selection
+GREEDY_CONFIDENCES = ("low_confidence", "maskgit_plus", "topk_margin", "entropy")
+
+
+def batchable(cfg) -> bool:  # noqa: ANN001
+    """Whether rows decoded with ``cfg`` go through :func:`select_batch` (greedy proposals with a
+    deterministic confidence, a ranked rule or a fixed top-k schedule). Other rows (sampling,
+    ``random``/``origin`` confidences, ``alg_temp``, top-p/top-k filters, LLaDA's end-token options,
+    the dependency guard) are decided one row at a time by their :class:`Unmasker`, which draws
+    from the row's own generator exactly as the reference does."""
+    return (cfg.temperature == 0 and (cfg.top_p is None or cfg.top_p >= 1.0) and cfg.top_k is None
+            and not cfg.logits_eos_inf and not cfg.confidence_eos_eot_inf and cfg.alg_temp == 0
+            and cfg.confidence in GREEDY_CONFIDENCES and cfg.dependency_distance is None)
+
+
+class RowRule:
+    """How one batchable row decides this step, as plain numbers: ``rule`` is a ``RANKED_RULES``
+    name with its ``knob``, or ``"count"``: commit the ``count`` most confident (``count`` < 0: all
+    that are left; with ``ratio`` set, Dream's ``int(m * ratio)`` of the ``m`` masks left)."""
+
+    __slots__ = ("rule", "knob", "count", "ratio")
+
+    def __init__(self, rule: str, knob: float = 0.0, count: int = 0, ratio: torch.Tensor | None = None) -> None:
+        self.rule, self.knob, self.count, self.ratio = rule, knob, count, ratio
+
+
+def propose_greedy(logits: torch.Tensor, confidences: list[str], sampler: str) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          torch.Tensor]:
+    """logits [n, L, V] -> (tokens [n, L], confidences [n, L], probabilities [n, L, V]), float64, for
+    greedy rows: what :class:`Proposer` (LLaDA: argmax of the logits) or :class:`DreamProposer`
+    (Dream: the most probable token) compute one row at a time, with each row's own confidence."""
+    lg = logits.to(torch.float64)
+    p = torch.softmax(lg, dim=-1)
+    if sampler == "dream":
+        conf, x0 = p.max(dim=-1)
+    else:
+        x0 = torch.argmax(lg, dim=-1)
+        conf = torch.gather(p, -1, x0[..., None])[..., 0]
+    kinds = set(confidences)
+    if kinds & {"topk_margin", "entropy"}:
+        dev = logits.device
+        for kind in kinds & {"topk_margin", "entropy"}:
+            if kind == "topk_margin":
+                top2 = torch.topk(p, 2, dim=-1).values
+                alt = top2[..., 0] - top2[..., 1]
+            else:
+                alt = (p * torch.log(p + 1e-10)).sum(-1)
+            rows = torch.tensor([c == kind for c in confidences], device=dev)
+            conf = torch.where(rows[:, None], alt, conf)
+    return x0, conf, p
+
+
+def select_batch(logits: torch.Tensor, masked: torch.Tensor, confidences: list[str], rules: list[RowRule],
+                 sampler: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which masked positions each row commits, and to what, for batchable rows in one tensor
+    computation: logits [n, L, V], masked [n, L] -> (commit mask [n, L], tokens [n, L]).
+
+    Ranking is a stable descending sort of the masked confidences (equal confidences: the leftmost
+    position first). A ranked rule keeps the ranks its ``accept_rows`` passes, always the top-1; a
+    count keeps the ``k`` first ranks (``k`` may be 0 on Dream's schedule)."""
+    n, L = masked.shape
+    dev = logits.device
+    x0, conf, p = propose_greedy(logits, confidences, sampler)
+    conf = conf.masked_fill(~masked, NEG_INF)
+    ranked, order = torch.sort(conf, dim=1, descending=True, stable=True)
+    left = masked.sum(1)  # [n]
+    names = [r.rule for r in rules]
+    ent = None
+    if any(name in RANKED_RULES and RANKED_RULES[name].needs_entropy for name in names):
+        ent = torch.special.entr(p).sum(-1).gather(1, order)
+    rank = torch.arange(L, device=dev)
+    accept = torch.zeros((n, L), dtype=torch.bool, device=dev)
+    for name in dict.fromkeys(names):
+        rows = torch.tensor([x == name for x in names], device=dev)
+        if name == "count":
+            acc = _count_accept(rules, left, rank)
+        else:
+            knob = torch.tensor([r.knob for r in rules], dtype=torch.float64, device=dev)
+            acc = RANKED_RULES[name].accept_rows(ranked, knob, ent)
+            acc[:, 0] = True
+        accept = torch.where(rows[:, None], acc, accept)
+    accept &= rank[None] < left[:, None]
+    chosen = torch.zeros_like(accept).scatter_(1, order, accept)
+    return chosen, x0
+
+
+def _count_accept(rules: list[RowRule], left: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """The first k ranks of each row: k from the row's fixed schedule (host numbers), all that are
+    left (k < 0), or Dream's ``int(m * (1 - s/t))`` in float32 for the m masks left."""
+    dev = left.device
+    k = torch.tensor([r.count for r in rules], dtype=torch.long, device=dev)
+    k = torch.where(k < 0, left, k)
+    if any(r.ratio is not None for r in rules):
+        ratio = torch.stack([r.ratio if r.ratio is not None else torch.zeros((), dtype=torch.float32)
+                             for r in rules]).to(dev)
+        dream = torch.tensor([r.ratio is not None for r in rules], device=dev)
+        k = torch.where(dream, (left.to(torch.float32) * ratio).to(torch.long), k)
+    return rank[None] < torch.minimum(k, left)[:, None]

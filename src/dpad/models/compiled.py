@@ -116,6 +116,8 @@ class CompiledForward:
     def _pad(self, ids: torch.Tensor, positions: torch.Tensor | None, cache: KVCache | None,
              cache_start: int | torch.Tensor, key_mask: torch.Tensor | None,
              logits_range: Rows | None) -> tuple:
+        if cache is not None and not isinstance(cache, PaddedCache):  # the engine's caches: padded by the engine
+            return ids, positions, cache, cache_start, key_mask, logits_range
         B, T = ids.shape
         dev = ids.device
         Tb = round_up(T, self.bucket)
@@ -133,8 +135,8 @@ class CompiledForward:
             km = torch.zeros((B, Tb), dtype=torch.bool, device=dev)
             km[:, :T] = True if key_mask is None else key_mask
             return ids_b, pos_b, None, 0, km, rows
-        if not isinstance(cache, PaddedCache):
-            raise ValueError("a bucketed compiled model needs caches from model.new_cache()")
+        if not isinstance(cache, PaddedCache):  # the engine's caches: the engine padded the call itself
+            return ids, positions, cache, cache_start, key_mask, logits_range
         if isinstance(cache_start, torch.Tensor):
             real_slots = cache_start
         else:

@@ -54,6 +54,7 @@ def args_from_config(cfg: dict[str, Any]) -> ModelArgs:
         qkv_bias=True,
         rope_full_precision=False,
         logits_shift=1,
+        sampler="dream",
         mask_token_id=cfg.get("mask_token_id"),
         eos_token_id=cfg.get("eos_token_id"),
         eot_token_id=cfg.get("eot_token_id"),

@@ -46,6 +46,7 @@ class ModelArgs:
     qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (LLaDA-MoE)
     rope_full_precision: bool = True
     logits_shift: int = 0  # Dream predicts token j from position j-1's output
+    sampler: str = "llada"  # the reference sampler family the engine follows: "llada" or "dream"
     mask_token_id: int | None = None
     eos_token_id: int | None = None
     eot_token_id: int | None = None  # end of turn (chat checkpoints), if any
@@ -182,14 +183,25 @@ def _fuse_linears(*mods: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 Rows = tuple[int, int] | torch.Tensor
-"""Row selection along the sequence: a ``(start, end)`` range or a LongTensor of row indices."""
+"""Row selection along the sequence: a ``(start, end)`` range, a LongTensor of row indices shared by
+the batch, or a LongTensor ``[B, n]`` of row indices per batch row."""
 
 
 def take_rows(t: torch.Tensor, rows: Rows | None, dim: int) -> torch.Tensor:
+    """Rows ``rows`` of ``t`` along ``dim`` (``t``'s first dim is the batch)."""
     if rows is None:
         return t
     if isinstance(rows, torch.Tensor):
-        return t.index_select(dim, rows)
+        if rows.ndim == 1:
+            return t.index_select(dim, rows)
+        shape = [rows.shape[0]] + [1] * (t.ndim - 1)  # per batch row: gather along dim
+        shape[dim] = rows.shape[1]
+        size = list(t.shape)
+        size[dim] = rows.shape[1]
+        if t.shape[0] == 1 and rows.shape[0] > 1:  # a table shared by the batch
+            size[0] = rows.shape[0]
+            t = t.expand(size[0], *t.shape[1:])
+        return t.gather(dim, rows.view(shape).expand(size))
     return t.narrow(dim, rows[0], rows[1] - rows[0])
 
 

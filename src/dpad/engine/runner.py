@@ -1,0 +1,334 @@
+"""The model runner: builds one ragged batched forward for rows of any settings, lengths and blocks,
+owns the canvases and the K/V, and calls the model (the only caller).
+
+State per request, on the model's device, in row tables (one row per running request):
+
+- ``canvas [rows, L + 1]``: the request's prompt and generated ids at their own positions
+  (column = RoPE position, from 0); the last column is a trash cell that padded writes go to;
+- ``vcols [rows, Wv]``: the canvas column of each slot of the request's current view (prefix +
+  block, then the kept suffix: DPad's view);
+- ``KVPool``: per layer ``[rows, H_kv, slots, head_dim]`` K/V of the view slots, for requests
+  with a KV cache.
+
+A forward feeds each row a contiguous span of its view (:mod:`dpad.engine.cache`), right-padded
+to the longest; padded tokens are masked as keys and their outputs never read. Two kinds:
+
+- *full*: the fed span is the whole view (no-cache steps, and refreshes, which also store their
+  K/V in the pool); attention runs over the fed tokens only;
+- *cached*: the fed span is part of the view; attention runs over the row's stored K/V with this
+  forward's K/V written at their slots (a scratch slot takes the padded tokens' writes).
+
+Everything per step is a fixed number of tensor operations whatever the number of rows: the
+row tables are gathered by index, never looped over in Python.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+GROW = 64  # table widths grow in steps of this many columns
+
+
+def _round(n: int) -> int:
+    return -(-n // GROW) * GROW
+
+
+class KVPool:
+    """Keys (after RoPE) and values of the view slots of every cached request, one table row each."""
+
+    def __init__(self, model) -> None:  # noqa: ANN001
+        self.model = model
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.rows = 0
+        self.slots = 0
+
+    def ensure(self, rows: int, slots: int) -> None:
+        """Room for ``rows`` table rows of ``slots`` slots (grows by copying; never shrinks while rows
+        are in use, see :meth:`trim`)."""
+        if rows <= self.rows and slots <= self.slots:
+            return
+        a, m = self.model.args, self.model
+        R, S = max(rows, self.rows), max(_round(slots), self.slots)
+        shape = (R, a.n_kv_heads, S, a.head_dim)
+        k = [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in range(a.n_layers)]
+        v = [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in range(a.n_layers)]
+        for new, old in ((k, self.k), (v, self.v)):
+            for n, o in zip(new, old, strict=False):
+                n[: o.shape[0], :, : o.shape[2]] = o
+        self.k, self.v, self.rows, self.slots = k, v, R, S
+
+    def trim(self) -> None:
+        """Free the memory (when no request uses it)."""
+        self.k, self.v, self.rows, self.slots = [], [], 0, 0
+
+
+class _Store:
+    """The cache of a *full* forward: attention over the fed tokens; the K/V of the batch rows
+    ``src`` are stored in pool rows ``dst`` (slots ``0..T-1``)."""
+
+    self_contained = True  # attention reads only this forward's keys (for hooks that recompute it)
+
+    def __init__(self, pool: KVPool, src: torch.Tensor | None, dst: torch.Tensor | None) -> None:
+        self.pool, self.src, self.dst = pool, src, dst
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.src is not None:
+            T = k.shape[2]
+            self.pool.k[layer][:, :, :T].index_copy_(0, self.dst, k.index_select(0, self.src))
+            self.pool.v[layer][:, :, :T].index_copy_(0, self.dst, v.index_select(0, self.src))
+        return k, v
+
+
+class _Read:
+    """The cache of a *cached* forward: the rows' stored K/V (``width`` slots), this forward's K/V
+    written at ``slots`` [n, T] (``write_slots``). ``rows``: pool rows (a ``(first, end)`` range is read in place:
+    its writes land on slots no later step reads; an index tensor is read as a copy)."""
+
+    def __init__(self, pool: KVPool, rows: tuple[int, int] | torch.Tensor, slots: torch.Tensor, width: int) -> None:
+        self.pool, self.rows, self.write_slots, self.width = pool, rows, slots, width
+
+    self_contained = False
+
+    @property
+    def slots(self) -> int:
+        return self.width
+
+    @property
+    def k(self) -> list[torch.Tensor]:
+        """Per layer, the rows' keys as attention read them (for a range of rows read in place,
+        after this forward's writes)."""
+        return [self._rows(t) for t in self.pool.k]
+
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        t = t[:, :, : self.width]
+        if isinstance(self.rows, tuple):
+            return t[self.rows[0]:self.rows[1]]
+        return t.index_select(0, self.rows)
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.write_slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        K = self._rows(self.pool.k[layer]).scatter_(2, idx, k)
+        V = self._rows(self.pool.v[layer]).scatter_(2, idx, v)
+        return K, V
+
+
+@dataclass
+class RowInput:
+    """One row of a forward, as host numbers: its canvas row ``crow`` and pool row ``kvrow`` (-1:
+    none), the fed view span ``[start, start + length)``, the view's ``size``, the block's first
+    column ``bs`` and ``block_length``, the prompt length, whether the forward stores the row's K/V
+    (a refresh) and its classifier-free guidance scale (0: none; > 0 adds an unconditional row)."""
+
+    crow: int
+    kvrow: int
+    start: int
+    length: int
+    size: int
+    bs: int
+    block_length: int
+    prompt_len: int
+    store: bool = False
+    cfg_scale: float = 0.0
+
+
+class Runner:
+    """Row tables + the batched forward. ``forward_full`` / ``forward_cached`` return the logits of
+    every row's block positions ``[n, max block length, V]`` and the canvas ids of the block."""
+
+    def __init__(self, model, mask_id: int) -> None:  # noqa: ANN001
+        self.model = model
+        self.dev = model.device
+        self.shift = model.args.logits_shift
+        self.mask_id = mask_id
+        self.canvas = torch.zeros((0, 0), dtype=torch.long, device=self.dev)
+        self.vcols = torch.zeros((0, 0), dtype=torch.long, device=self.dev)
+        self.pool = KVPool(model)
+        self.free_crows: list[int] = []
+        self.free_kvrows: list[int] = []
+        self.used_crows = 0
+        self.used_kvrows = 0
+        self.forwards = 0
+        self.model_time = 0.0
+        self.cuda = self.dev.type == "cuda"
+        comp = getattr(model, "compiled", None)
+        self.compiled = comp is not None
+        self.bucket: int | None = None if comp is None else comp.bucket
+        """Compiled: no Python number reaches the graph (pool rows by index, the whole pool width
+        read); bucketed: fed lengths padded to multiples of the bucket, key masks always given."""
+
+    # ------------------------------------------------------------------ row tables
+    def _grow(self, t: torch.Tensor, rows: int, cols: int, fill: int) -> torch.Tensor:
+        if rows <= t.shape[0] and cols <= t.shape[1]:
+            return t
+        R, C = max(rows, 2 * t.shape[0]), max(_round(cols), t.shape[1])
+        out = torch.full((R, C), fill, dtype=t.dtype, device=self.dev)
+        out[: t.shape[0], : t.shape[1]] = t
+        return out
+
+    def add_row(self, ids: list[int], length: int, cached: bool) -> tuple[int, int]:
+        """A canvas row holding ``ids`` then masks up to ``length``; a pool row if ``cached``.
+        Returns (canvas row, pool row or -1)."""
+        if self.free_crows:
+            crow = self.free_crows.pop()
+        else:
+            crow, self.used_crows = self.used_crows, self.used_crows + 1
+        width = max(length + 1, self.canvas.shape[1] if self.canvas.numel() else 0)
+        if width > self.canvas.shape[1] and self.canvas.shape[1]:  # the trash column moves to the end
+            self.canvas[:, -1] = self.mask_id
+        self.canvas = self._grow(self.canvas, crow + 1, width, self.mask_id)
+        row = torch.full((self.canvas.shape[1],), self.mask_id, dtype=torch.long)
+        row[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        self.canvas[crow] = row.to(self.dev)
+        kvrow = -1
+        if cached:
+            if self.free_kvrows:
+                kvrow = self.free_kvrows.pop()
+            else:
+                kvrow, self.used_kvrows = self.used_kvrows, self.used_kvrows + 1
+        return crow, kvrow
+
+    def release(self, crow: int, kvrow: int) -> None:
+        self.free_crows.append(crow)
+        self.free_crows.sort(reverse=True)  # lowest rows first: groups stay contiguous
+        if kvrow >= 0:
+            self.free_kvrows.append(kvrow)
+            self.free_kvrows.sort(reverse=True)
+        if len(self.free_crows) == self.used_crows:  # nothing runs: give the memory back
+            self.free_crows, self.free_kvrows, self.used_crows, self.used_kvrows = [], [], 0, 0
+            self.canvas = self.canvas[:0, :0]
+            self.vcols = self.vcols[:0, :0]
+            self.pool.trim()
+
+    def set_view(self, crow: int, kvrow: int, cols: torch.Tensor) -> None:
+        """The canvas columns of a row's view slots for its new block (prefix + block + kept suffix)."""
+        S = len(cols)
+        self.vcols = self._grow(self.vcols, max(crow + 1, self.canvas.shape[0]), S + 1, 0)
+        self.vcols[crow, :S] = cols.to(self.dev)
+        if kvrow >= 0:
+            self.pool.ensure(max(kvrow + 1, self.used_kvrows), S + 1)
+
+    @property
+    def trash(self) -> int:
+        return self.canvas.shape[1] - 1
+
+    def read_canvas(self, crow: int, start: int, end: int) -> list[int]:
+        return self.canvas[crow, start:end].tolist()
+
+    # ------------------------------------------------------------------ forwards
+    def _meta(self, rows: Sequence[RowInput], unc: bool) -> torch.Tensor:
+        m = [[r.crow, r.start, r.length, r.size, r.bs, r.block_length, r.prompt_len, 0] for r in rows]
+        if unc:
+            m += [[r.crow, r.start, r.length, r.size, r.bs, r.block_length, r.prompt_len, 1]
+                  for r in rows if r.cfg_scale > 0]
+        return torch.tensor(m, dtype=torch.long).to(self.dev, non_blocking=True)
+
+    def _inputs(self, rows: Sequence[RowInput], meta: torch.Tensor, T: int):  # noqa: ANN202
+        crow, start, length, _, bs, _, plen, unc = meta.unbind(1)
+        ar = torch.arange(T, device=self.dev)
+        fidx = start[:, None] + ar
+        fvalid = ar[None] < length[:, None]
+        vc = self.vcols.index_select(0, crow)
+        pos = vc.gather(1, fidx.clamp(max=vc.shape[1] - 1)).masked_fill(~fvalid, 0)
+        cv = self.canvas.index_select(0, crow)
+        ids = cv.gather(1, pos).masked_fill(~fvalid, self.mask_id)
+        if any(r.cfg_scale > 0 for r in rows):  # unconditional rows: the prompt masked
+            ids = ids.masked_fill(unc.bool()[:, None] & (pos < plen[:, None]), self.mask_id)
+        BL = max(r.block_length for r in rows)
+        arb = torch.arange(BL, device=self.dev)
+        lrows = (bs - self.shift - start)[:, None] + arb
+        return ids, pos, fidx, fvalid, cv, lrows.clamp(0, T - 1)
+
+    def _block(self, rows: Sequence[RowInput], meta: torch.Tensor, cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(rows)
+        bs, bl = meta[:n, 4], meta[:n, 5]
+        arb = torch.arange(max(r.block_length for r in rows), device=self.dev)
+        valid = arb[None] < bl[:, None]
+        cols = torch.where(valid, bs[:, None] + arb, self.trash)
+        return cols, cv[:n].gather(1, cols)
+
+    def _call(self, rows: Sequence[RowInput], ids: torch.Tensor, pos: torch.Tensor, cache, key_mask,  # noqa: ANN001
+              lrows: torch.Tensor) -> tuple[torch.Tensor, float | torch.cuda.Event]:
+        if self.cuda:
+            t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0.record()
+        else:
+            c0 = time.perf_counter()
+        out = self.model(ids, pos, cache=cache, cache_start=0, key_mask=key_mask, logits_range=lrows)
+        self.forwards += 1
+        if self.cuda:
+            t1.record()
+            return out, (t0, t1)
+        return out, time.perf_counter() - c0
+
+    def _guided(self, rows: Sequence[RowInput], out: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance: cond rows first, then one unconditional row per guided row."""
+        n = len(rows)
+        g = [i for i, r in enumerate(rows) if r.cfg_scale > 0]
+        if not g:
+            return out
+        idx = torch.tensor(g, device=self.dev)
+        scale = torch.tensor([rows[i].cfg_scale for i in g], dtype=out.dtype, device=self.dev)[:, None, None]
+        cond, un = out.index_select(0, idx), out[n:]
+        return out[:n].index_copy(0, idx, un + (scale + 1) * (cond - un))
+
+    def _width(self, T: int) -> int:
+        return T if self.bucket is None else -(-T // self.bucket) * self.bucket
+
+    def forward_full(self, rows: Sequence[RowInput]):  # noqa: ANN201
+        """Rows fed their whole view; rows with ``store`` keep their K/V in the pool."""
+        unc = any(r.cfg_scale > 0 for r in rows)
+        meta = self._meta(rows, unc)
+        T = self._width(max(r.length for r in rows))
+        ids, pos, _, fvalid, cv, lrows = self._inputs(rows, meta, T)
+        ragged = self.bucket is not None or any(r.length != T for r in rows)
+        store = [i for i, r in enumerate(rows) if r.store]
+        cache = None
+        if store:
+            self.pool.ensure(self.used_kvrows, T + 1)
+            src = torch.tensor(store, device=self.dev)
+            dst = torch.tensor([rows[i].kvrow for i in store], device=self.dev)
+            cache = _Store(self.pool, src, dst)
+        elif self.bucket is not None:
+            cache = _Store(self.pool, None, None)  # the caller's padding stands (see CompiledForward)
+        out, timing = self._call(rows, ids, pos, cache, fvalid if ragged else None, lrows)
+        if unc:
+            self.forwards += 1  # the unconditional rows count as a forward of their own (NFE)
+        cols, block = self._block(rows, meta, cv)
+        return self._guided(rows, out), cols, block, timing
+
+    def forward_cached(self, rows: Sequence[RowInput]):  # noqa: ANN201
+        """Rows fed part of their view, reading their stored K/V for the rest."""
+        meta = self._meta(rows, False)
+        T = self._width(max(r.length for r in rows))
+        S = max(r.size for r in rows)
+        ids, pos, fidx, fvalid, cv, lrows = self._inputs(rows, meta, T)
+        ragged = self.compiled or any(r.length != T or r.size != S for r in rows)
+        width = self.pool.slots if self.compiled else S + 1 if ragged else S
+        slots = fidx.masked_fill(~fvalid, width - 1) if ragged else fidx
+        kv = [r.kvrow for r in rows]
+        prow: tuple[int, int] | torch.Tensor = (kv[0], kv[0] + len(kv))
+        if self.compiled or kv != list(range(kv[0], kv[0] + len(kv))):
+            prow = torch.tensor(kv, device=self.dev)
+        km = None
+        if ragged:
+            km = torch.arange(width, device=self.dev)[None] < meta[:, 3:4]
+        out, timing = self._call(rows, ids, pos, _Read(self.pool, prow, slots, width), km, lrows)
+        cols, block = self._block(rows, meta, cv)
+        return out, cols, block, timing
+
+    def write(self, rows: Sequence[RowInput], cols: torch.Tensor, ids: torch.Tensor) -> None:
+        """Write each row's block ids ``ids`` at canvas columns ``cols`` (padded columns: the trash)."""
+        crow = torch.tensor([r.crow for r in rows], device=self.dev)
+        self.canvas.index_put_((crow[:, None], cols), ids)
+
+    @staticmethod
+    def elapsed(timing: float | tuple) -> float:
+        """Seconds of a forward (CUDA: read from its events, after the step's one sync)."""
+        if isinstance(timing, tuple):
+            return timing[0].elapsed_time(timing[1]) / 1000.0
+        return timing
