@@ -252,7 +252,7 @@ class SlowModel:
 
     def __init__(self, model, delay: float = 0.04) -> None:  # noqa: ANN001
         self.model, self.delay = model, delay
-        self.args, self.device = model.args, model.device
+        self.args, self.device, self.dtype = model.args, model.device, model.dtype
 
     def new_cache(self, *a, **kw):  # noqa: ANN002, ANN003, ANN201
         return self.model.new_cache(*a, **kw)
