@@ -137,7 +137,9 @@ class Engine:
     # ------------------------------------------------------------------ requests
     def check(self, prompt: Sequence[int] | torch.Tensor, cfg: DecodeConfig) -> list[int]:
         """The prompt's ids, or a ConfigError saying why it cannot be decoded with ``cfg``."""
-        ids = torch.as_tensor(prompt, dtype=torch.long).flatten().tolist()
+        if isinstance(prompt, torch.Tensor):
+            prompt = prompt.flatten().tolist()
+        ids = [int(t) for t in prompt]
         check_length(len(ids), cfg, self.model.args.max_seq_len)
         if self.mask_id in ids:
             raise ConfigError(f"the prompt contains the mask token id {self.mask_id}; prompts must be fully observed")
@@ -197,6 +199,7 @@ class Engine:
         rows = [r for group in (full, cached) for r, _ in group]
         ids = (synced[0] if len(synced) == 1 else torch.cat(_pad_cols(synced, self.mask_id))).tolist()  # the sync
         dts = [self.runner.elapsed(t) for t in timings]
+        self.runner.model_time += sum(dts)
         k = 0
         for gi, group in enumerate(g for g in (full, cached) if g):
             for r, inp in group:
@@ -219,7 +222,7 @@ class Engine:
         r.bs = r.P + r.block * r.BL
         G = r.cfg.gen_length
         kept = r.suffix.kept(r.be, r.P + G)
-        r.kept_per_block.append(kept.tolist())
+        r.kept_per_block.append(suffix_mod.positions(kept))
         cols = torch.cat([torch.arange(r.be), kept.to(torch.long)])
         r.view_size = len(cols)
         self.runner.set_view(r.crow, r.kvrow, cols)

@@ -48,12 +48,14 @@ class KVPool:
         self.slots = 0
 
     def ensure(self, rows: int, slots: int) -> None:
-        """Room for ``rows`` table rows of ``slots`` slots (grows by copying; never shrinks while rows
-        are in use, see :meth:`trim`)."""
+        """Room for ``rows`` table rows of ``slots`` slots: grows (rows doubling, slots by half) by
+        copying, never shrinks. Its size is the peak of the rows that ran at once, each sized for
+        its longest view so far; the engine that owns it frees it."""
         if rows <= self.rows and slots <= self.slots:
             return
         a, m = self.model.args, self.model
-        R, S = max(rows, self.rows), max(_round(slots), self.slots)
+        R = max(rows, 2 * self.rows) if rows > self.rows else self.rows
+        S = max(_round(max(slots, self.slots * 3 // 2)), self.slots) if slots > self.slots else self.slots
         shape = (R, a.n_kv_heads, S, a.head_dim)
         k = [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in range(a.n_layers)]
         v = [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in range(a.n_layers)]
@@ -62,9 +64,6 @@ class KVPool:
                 n[: o.shape[0], :, : o.shape[2]] = o
         self.k, self.v, self.rows, self.slots = k, v, R, S
 
-    def trim(self) -> None:
-        """Free the memory (when no request uses it)."""
-        self.k, self.v, self.rows, self.slots = [], [], 0, 0
 
 
 class _Store:
@@ -73,14 +72,19 @@ class _Store:
 
     self_contained = True  # attention reads only this forward's keys (for hooks that recompute it)
 
-    def __init__(self, pool: KVPool, src: torch.Tensor | None, dst: torch.Tensor | None) -> None:
+    def __init__(self, pool: KVPool, src: torch.Tensor | None, dst: tuple[int, int] | torch.Tensor | None) -> None:
         self.pool, self.src, self.dst = pool, src, dst
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.src is not None:
+        if self.dst is not None:
             T = k.shape[2]
-            self.pool.k[layer][:, :, :T].index_copy_(0, self.dst, k.index_select(0, self.src))
-            self.pool.v[layer][:, :, :T].index_copy_(0, self.dst, v.index_select(0, self.src))
+            for pool, new in ((self.pool.k[layer], k), (self.pool.v[layer], v)):
+                if self.src is not None:
+                    new = new.index_select(0, self.src)
+                if isinstance(self.dst, tuple):
+                    pool[self.dst[0]:self.dst[1], :, :T] = new
+                else:
+                    pool[:, :, :T].index_copy_(0, self.dst, new)
         return k, v
 
 
@@ -115,6 +119,14 @@ class _Read:
         K = self._rows(self.pool.k[layer]).scatter_(2, idx, k)
         V = self._rows(self.pool.v[layer]).scatter_(2, idx, v)
         return K, V
+
+
+def _rows_arg(rows: list[int], dev: torch.device, as_tensor: bool) -> tuple[int, int] | torch.Tensor:
+    """Pool rows as a ``(first, end)`` range when they are consecutive (read and written in place),
+    else (or for a compiled model, where no Python number may reach the graph) an index tensor."""
+    if not as_tensor and rows == list(range(rows[0], rows[0] + len(rows))):
+        return rows[0], rows[0] + len(rows)
+    return torch.tensor(rows, device=dev)
 
 
 @dataclass
@@ -198,19 +210,14 @@ class Runner:
         if kvrow >= 0:
             self.free_kvrows.append(kvrow)
             self.free_kvrows.sort(reverse=True)
-        if len(self.free_crows) == self.used_crows:  # nothing runs: give the memory back
+        if len(self.free_crows) == self.used_crows:  # nothing runs: rows restart from 0 (memory is kept)
             self.free_crows, self.free_kvrows, self.used_crows, self.used_kvrows = [], [], 0, 0
-            self.canvas = self.canvas[:0, :0]
-            self.vcols = self.vcols[:0, :0]
-            self.pool.trim()
 
     def set_view(self, crow: int, kvrow: int, cols: torch.Tensor) -> None:
         """The canvas columns of a row's view slots for its new block (prefix + block + kept suffix)."""
         S = len(cols)
         self.vcols = self._grow(self.vcols, max(crow + 1, self.canvas.shape[0]), S + 1, 0)
         self.vcols[crow, :S] = cols.to(self.dev)
-        if kvrow >= 0:
-            self.pool.ensure(max(kvrow + 1, self.used_kvrows), S + 1)
 
     @property
     def trash(self) -> int:
@@ -288,11 +295,11 @@ class Runner:
         ragged = self.bucket is not None or any(r.length != T for r in rows)
         store = [i for i, r in enumerate(rows) if r.store]
         cache = None
-        if store:
-            self.pool.ensure(self.used_kvrows, T + 1)
-            src = torch.tensor(store, device=self.dev)
-            dst = torch.tensor([rows[i].kvrow for i in store], device=self.dev)
-            cache = _Store(self.pool, src, dst)
+        if store:  # one allocation for every row that starts a block now (rows are added before they start)
+            self.pool.ensure(self.used_kvrows, max(r.size for r in rows) + 1)
+            dst = [rows[i].kvrow for i in store]
+            src = None if len(store) == len(rows) else torch.tensor(store, device=self.dev)
+            cache = _Store(self.pool, src, _rows_arg(dst, self.dev, self.compiled))
         elif self.bucket is not None:
             cache = _Store(self.pool, None, None)  # the caller's padding stands (see CompiledForward)
         out, timing = self._call(rows, ids, pos, cache, fvalid if ragged else None, lrows)
@@ -310,10 +317,7 @@ class Runner:
         ragged = self.compiled or any(r.length != T or r.size != S for r in rows)
         width = self.pool.slots if self.compiled else S + 1 if ragged else S
         slots = fidx.masked_fill(~fvalid, width - 1) if ragged else fidx
-        kv = [r.kvrow for r in rows]
-        prow: tuple[int, int] | torch.Tensor = (kv[0], kv[0] + len(kv))
-        if self.compiled or kv != list(range(kv[0], kv[0] + len(kv))):
-            prow = torch.tensor(kv, device=self.dev)
+        prow = _rows_arg([r.kvrow for r in rows], self.dev, self.compiled)
         km = None
         if ragged:
             km = torch.arange(width, device=self.dev)[None] < meta[:, 3:4]

@@ -107,6 +107,11 @@ class Explicit(SuffixPolicy):
         return pos
 
 
+def positions(kept: torch.Tensor) -> list[int]:
+    """A kept set as Python ints (kept sets are drawn on the host: no device is read)."""
+    return kept.tolist()
+
+
 def from_config(cfg) -> SuffixPolicy:  # noqa: ANN001
     if cfg.suffix == "full":
         return Full()
