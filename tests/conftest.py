@@ -146,3 +146,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
 def pytest_make_collect_report(collector: pytest.Collector):  # noqa: ANN201
     outcome = yield
     _fail_a_skip(outcome.get_result())
+
+
+# ------------------------------------------------------------------ serve: batches without a time window
+class BatchGate:
+    """Holds a :class:`dpad.serve.scheduler.Scheduler`'s worker until the jobs announced with
+    :meth:`expect` all wait in its queue, so which requests share a batch does not depend on when
+    the client threads arrive. Install it before the server starts (the worker's first take)."""
+
+    def __init__(self, scheduler) -> None:  # noqa: ANN001
+        self.scheduler, self.n = scheduler, 0
+        take = scheduler._take_batch
+
+        def gated():  # noqa: ANN202
+            s = scheduler
+            with s.cv:  # (a safety timeout only: the test's own assertions then fail)
+                s.cv.wait_for(lambda: s.stopping or (s.queue and len(s.queue) >= self.n), timeout=120)
+                self.n = 0
+            return take()
+
+        scheduler._take_batch = gated
+
+    def expect(self, n: int) -> None:
+        """The next batch is formed once ``n`` jobs wait (call before sending them)."""
+        with self.scheduler.cv:
+            self.n = n
+            self.scheduler.cv.notify_all()
