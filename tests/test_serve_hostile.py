@@ -522,7 +522,9 @@ def test_sigterm_with_a_request_in_flight_exits_within_the_timeout(tmp_path: Pat
         took = time.monotonic() - t0
         t.join(30)
         print(f"exit {took:.2f}s after SIGTERM (timeout {timeout}s)")
-        assert took < timeout + 4, took
+        # the request alone would decode for minutes: an exit within a wide margin of the timeout (no
+        # race with a loaded machine) and the client's 503 below show the shutdown cut it short
+        assert took < timeout + 20, took
         assert proc.returncode in (0, -signal.SIGTERM), proc.stderr.read()  # uvicorn re-raises the signal
         r = got.get("r")
         assert r is not None, got
