@@ -86,6 +86,7 @@ def test_invalid_field(name: str, kw: dict) -> None:
     with pytest.raises(ConfigError) as exc:
         DecodeConfig(**kw)
     assert name in str(exc.value)
+    assert exc.value.field == name  # the error carries its field (the server's error param)
     assert isinstance(exc.value, ValueError) and isinstance(exc.value, DpadError)
 
 

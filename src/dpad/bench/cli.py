@@ -10,6 +10,7 @@ from ..config import MAX_LENGTH, MAX_SEED
 from ..errors import ConfigError
 from ..eval.methods import EMBEDDED_DEFAULTS, EMBEDDED_PARALLEL
 from ..flags import add_decode_args, add_model_args, decode_overrides, float_in, int_in
+from ..rules import RULES
 from .ladder import DEFAULT_GEN_LENGTHS, DEFAULT_METHODS
 
 
@@ -63,6 +64,17 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _default_sweep() -> str:
+    from .frontier import DEFAULT_SWEEP
+
+    return " ".join(f"{k}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
+                    for k, vs in DEFAULT_SWEEP.items())
+
+
+def _rule_names() -> str:
+    return ", ".join(f"{s.short} ({s.name})" if s.short != s.name else s.name for s in RULES.values())
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "bench", help="the speed-up ladder: every method at every gen length (latency, tok/s, NFE, accuracy)",
@@ -105,9 +117,8 @@ def register(sub: Any) -> None:
                    help="the accuracy-speed frontier instead of the ladder: every parallel rule over a sweep of its "
                         "knob on --base-method, same problems for every point, vanilla as a point")
     f.add_argument("--sweep", nargs="+", default=None, metavar="RULE=V,V",
-                   help="rules and knob values (default: threshold=0.9,0.95,0.99,0.999 factor=1,0.25,0.05 "
-                        "eb=0.3,0.1,0.03,0.01 guard=0.95,0.99,never); rules: threshold, factor, eb (entropy bound, "
-                        "nats), guard (dependency guard's strict bound on --guard-threshold)")
+                   help=f"rules and knob values (default: {_default_sweep()}); rules: {_rule_names()}, "
+                        "guard (the dependency guard's strict bound on --guard-threshold, or never)")
     f.add_argument("--base-method", default="parallel+prefix+dpad",
                    help="method every rule runs on (default parallel+prefix+dpad)")
     f.add_argument("--guard-threshold", type=float_in(0, 1), default=0.9, help="guard: the base threshold (default 0.9)")

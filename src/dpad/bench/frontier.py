@@ -39,14 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..rules import RULES as RULE_SPECS
+from ..rules import rule_fields
 from .ladder import _check_resume, _f, _read_records
 
 __all__ = ["DEFAULT_SWEEP", "RULES", "FrontierSettings", "build_result", "markdown", "parse_sweep", "run_frontier",
            "text_table"]
 
-RULES: dict[str, str] = {"threshold": "threshold", "factor": "factor", "eb": "entropy_bound",
-                         "guard": "dependency_threshold"}
-"""Rule name -> the DecodeConfig field its knob sets."""
+RULES: dict[str, str] = {**{s.short: s.name for s in RULE_SPECS.values()}, "guard": "dependency_threshold"}
+"""Sweep name -> the DecodeConfig field its knob sets: every registered rule (:data:`dpad.rules.RULES`)
+by its short name, and ``guard``, the dependency guard's strict bound."""
 
 DEFAULT_SWEEP: dict[str, list[Any]] = {
     "threshold": [0.9, 0.95, 0.99, 0.999],
@@ -54,7 +56,7 @@ DEFAULT_SWEEP: dict[str, list[Any]] = {
     "eb": [0.3, 0.1, 0.03, 0.01],
     "guard": [0.95, 0.99, "never"],
 }
-_RULE_FIELDS = ("threshold", "factor", "entropy_bound", "dependency_distance", "dependency_threshold")
+_RULE_FIELDS = rule_fields()
 
 
 def parse_sweep(specs: Sequence[str]) -> dict[str, list[Any]]:

@@ -10,7 +10,6 @@ tokens (finish_reason ``length``). Without ``max_tokens`` the server's default `
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -32,21 +31,21 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n"}
 
 
+_OPENAI_SET = ("gen_length", "temperature", "top_p", "seed")  # set by OpenAI's own fields (max_tokens -> gen_length)
+_JSON_TYPES: dict[type, type | tuple[type, ...]] = {bool: bool, str: str, int: int, float: (int, float)}
+
+
 def _knobs() -> dict[str, type | tuple[type, ...]]:
-    """Every DecodeConfig field is an extra body field (its JSON type from the field's type), except
-    those OpenAI's own fields set (max_tokens -> gen_length, temperature, top_p, seed)."""
+    """Every DecodeConfig field is an extra body field (its JSON type from :data:`~dpad.config.FIELDS`),
+    except those OpenAI's own fields set (max_tokens -> gen_length, temperature, top_p, seed)."""
     out: dict[str, type | tuple[type, ...]] = {"preset": str}
-    for f in fields(DecodeConfig):
-        if f.name in ("gen_length", "temperature", "top_p", "seed", "extra"):
-            continue
-        t = str(f.type)
-        out[f.name] = bool if "bool" in t else str if "str" in t else int if "int" in t else (int, float)
+    out.update({k.name: _JSON_TYPES[k.type] for k in C.FIELDS.values() if k.name not in _OPENAI_SET})
     return out
 
 
 # dpad decoding knobs accepted as extra body fields, with their JSON types; null unsets the optional ones
 KNOBS = _knobs()
-NULLABLE = {f.name for f in fields(DecodeConfig) if f.name in KNOBS and f.default is None}
+NULLABLE = {name for name in KNOBS if name in C.FIELDS and C.FIELDS[name].nullable}
 MAX_STOP = 16
 MAX_STOP_CHARS = 1024
 
@@ -238,8 +237,7 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
     try:
         cfg = DecodeConfig(**{f.name: d[f.name] for f in fields(DecodeConfig) if f.name in d}, extra=extra)
     except ConfigError as e:
-        m = re.match(r"(\w+)=", str(e))
-        param = m.group(1) if m else None
+        param = e.field
         msg = str(e)
         if param == "gen_length":
             param = mt_name if body.get(mt_name) is not None else "block_length"
@@ -307,33 +305,21 @@ def request_schema(kind: str) -> dict:
     """The request body's JSON schema (for ``/openapi.json``, and the fuzz test draws from it), built
     from the same tables and bounds :func:`parse` enforces."""
     text = {"type": "string"}
-    num = {"type": "number"}
-    size = {"type": "integer", "minimum": 1, "maximum": C.MAX_LENGTH}
     props: dict[str, Any] = {
         "model": text,
         "max_tokens": {"type": "integer", "minimum": 1},
-        "temperature": {**num, "minimum": 0, "maximum": C.MAX_TEMPERATURE},
-        "top_p": {**num, "exclusiveMinimum": 0, "maximum": 1},
-        "seed": {"type": "integer", "minimum": 0, "maximum": C.MAX_SEED},
+        "temperature": C.FIELDS["temperature"].json_schema(),
+        "top_p": C.FIELDS["top_p"].json_schema(),
+        "seed": C.FIELDS["seed"].json_schema(),
         "stop": {"anyOf": [text, {"type": "array", "items": text, "maxItems": MAX_STOP}]},
         "stream": {"type": "boolean"},
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         "n": {"type": "integer", "minimum": 1, "maximum": 1},
         "preset": {"enum": sorted(C.PRESETS) + sorted(f"{n}-parallel" for n in C.PRESETS)},
-        "threshold": {**num, "exclusiveMinimum": 0, "maximum": 1}, "factor": {**num, "exclusiveMinimum": 0},
-        "suffix": {"enum": list(C.SUFFIX_POLICIES)}, "window": size, "sigma": {**num, "exclusiveMinimum": 0},
-        "scale": {**num, "exclusiveMinimum": 0}, "uniform_keep": {**size, "minimum": 0},
-        "cache": {"enum": list(C.CACHE_POLICIES)}, "early_termination": {"type": "boolean"},
-        "block_length": size, "steps": size, "confidence": {"enum": list(C.CONFIDENCES)},
-        "schedule": {"enum": list(C.SCHEDULES)}, "top_k": size, "alg_temp": {**num, "minimum": 0},
-        "cfg_scale": {**num, "minimum": 0}, "eps": {**num, "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "compat": {"enum": list(C.COMPAT)},
     }
-    json_type = {bool: "boolean", str: "string", int: "integer"}
-    for name, t in KNOBS.items():  # knobs without a richer entry above: their JSON type
-        props.setdefault(name, {"type": json_type[t]} if t in json_type else num)
-    for name in NULLABLE:
-        props[name] = {"anyOf": [props[name], {"type": "null"}]}
+    for name in KNOBS:  # dpad's knobs: type, range and null where they may be unset, from DecodeConfig's FIELDS
+        if name in C.FIELDS:
+            props[name] = C.FIELDS[name].json_schema()
     for name in sorted(IGNORED - {"stream_options"}):
         props[name] = {"description": "accepted and ignored when it holds its neutral value"}
     if kind == "completion":
