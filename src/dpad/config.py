@@ -96,9 +96,12 @@ class DecodeConfig:
             raise ConfigError(f"{name}={short_repr(getattr(self, name))} is invalid: {why}", field=name)
 
         for knob in FIELDS.values():
+            if knob.type in (int, float) and isinstance(getattr(self, knob.name), str):
+                # a typed API: text is parsed where it arrives (flags, lm-eval args), never here
+                bad(knob.name, f"text is not a number: {knob.requirement()}")
             value = knob.check(getattr(self, knob.name))
             if value is not _INVALID:
-                object.__setattr__(self, knob.name, value)  # numbers given as text become floats
+                object.__setattr__(self, knob.name, value)  # an int given for a float field becomes a float
                 continue
             bad(knob.name, knob.requirement())
 
