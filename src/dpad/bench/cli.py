@@ -14,16 +14,27 @@ from ..rules import RULES
 from .ladder import DEFAULT_GEN_LENGTHS, DEFAULT_METHODS
 
 
-def cmd_frontier(ns: argparse.Namespace, task_options: dict[str, Any]) -> int:
+def _run_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    """What the ladder and the frontier both take from the flags (:class:`~dpad.bench.runner.RunSettings`)."""
+    if ns.problem_seed is not None and ns.task != "arith":
+        raise ConfigError(f"--problem-seed is an arith option (the task is {ns.task!r})")
+    task_options: dict[str, Any] = {k: v for k, v in {
+        "data": ns.data, "train_data": ns.train_data, "num_fewshot": ns.num_fewshot, "chat": ns.chat,
+        "problem_seed": ns.problem_seed}.items() if v is not None}
+    return dict(task=ns.task, task_options=task_options, model=ns.model, revision=ns.revision, device=ns.device,
+                dtype=ns.dtype, threads=ns.threads, compile=ns.compile, preset=ns.preset,
+                overrides=decode_overrides(ns))
+
+
+def cmd_frontier(ns: argparse.Namespace) -> int:
     from ..eval.env import command_from_namespace
     from .frontier import DEFAULT_SWEEP, FrontierSettings, parse_sweep, run_frontier, text_table
 
-    overrides = decode_overrides(ns)
     sweep = parse_sweep(ns.sweep) if ns.sweep else {k: list(v) for k, v in DEFAULT_SWEEP.items()}
     settings = FrontierSettings(
-        sweep=sweep, base_method=ns.base_method, n=300 if ns.n is None else ns.n, batch_size=ns.batch_size,
-        vanilla=not ns.no_vanilla, vanilla_n=ns.vanilla_n, vanilla_records=ns.vanilla_records, task=ns.task, task_options=task_options, model=ns.model,
-        device=ns.device, dtype=ns.dtype, threads=ns.threads, overrides=overrides,
+        **_run_settings(ns), sweep=sweep, base_method=ns.base_method, n=300 if ns.n is None else ns.n,
+        batch_size=ns.batch_size, vanilla=not ns.no_vanilla, vanilla_n=ns.vanilla_n,
+        vanilla_records=ns.vanilla_records,
         guard_base={"threshold": ns.guard_threshold, "dependency_distance": ns.guard_distance})
     result = run_frontier(settings, ns.out or "benchmarks/results/frontier", resume=ns.resume,
                           overwrite=ns.overwrite, progress=not ns.no_progress, plot=not ns.no_plot,
@@ -34,27 +45,19 @@ def cmd_frontier(ns: argparse.Namespace, task_options: dict[str, Any]) -> int:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
+    from ..eval.env import command_from_namespace
     from .ladder import LadderSettings, run_ladder, text_table
 
-    task_options: dict[str, Any] = {k: v for k, v in {
-        "data": ns.data, "train_data": ns.train_data, "num_fewshot": ns.num_fewshot, "chat": ns.chat,
-        "problem_seed": ns.problem_seed}.items() if v is not None}
-    if ns.problem_seed is not None and ns.task != "arith":
-        raise ConfigError(f"--problem-seed is an arith option (the task is {ns.task!r})")
     if ns.frontier:
-        return cmd_frontier(ns, task_options)
+        return cmd_frontier(ns)
     settings = LadderSettings(
-        methods=list(ns.methods), gen_lengths=list(ns.gen_lengths), n=10 if ns.n is None else ns.n,
-        accuracy_n=ns.accuracy_n,
-        accuracy_baseline_gen=ns.accuracy_baseline_gen,
+        **_run_settings(ns), methods=list(ns.methods), gen_lengths=list(ns.gen_lengths),
+        n=10 if ns.n is None else ns.n, accuracy_n=ns.accuracy_n, accuracy_baseline_gen=ns.accuracy_baseline_gen,
         accuracy_methods=list(ns.accuracy_methods) if ns.accuracy_methods else None,
-        accuracy_batch_size=ns.accuracy_batch_size, task=ns.task, task_options=task_options, model=ns.model,
-        revision=ns.revision, device=ns.device, dtype=ns.dtype, threads=ns.threads, preset=ns.preset, overrides=decode_overrides(ns),
-        compile=ns.compile)
-    from ..eval.env import command_from_namespace
-
-    result = run_ladder(settings, ns.out or "benchmarks/results/ladder", resume=ns.resume, overwrite=ns.overwrite, progress=not ns.no_progress,
-                        plot=not ns.no_plot, command=command_from_namespace(ns._parser, ns, "dpad bench"))
+        accuracy_batch_size=ns.accuracy_batch_size)
+    result = run_ladder(settings, ns.out or "benchmarks/results/ladder", resume=ns.resume, overwrite=ns.overwrite,
+                        progress=not ns.no_progress, plot=not ns.no_plot,
+                        command=command_from_namespace(ns._parser, ns, "dpad bench"))
     print(text_table(result))
     for t in result["targets"]:
         mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
