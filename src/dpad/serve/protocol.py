@@ -107,7 +107,7 @@ def round_up(n: int, block: int) -> int:
     return -(-n // block) * block
 
 
-def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noqa: C901
+def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,
           max_len: int | None = None) -> ParsedRequest:
     """Validate an OpenAI (chat) completion request and build its DecodeConfig.
 
@@ -115,6 +115,20 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
     ``max_len`` (the model's context) bounds ``max_tokens``. Raises :class:`ApiError`."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    _check_envelope(body, kind, model_id)
+    stream, include_usage = _parse_stream(body)
+    prompt = _parse_prompt(body) if kind == "completion" else _parse_messages(body)
+    chat_template = None
+    if kind == "completion" and body.get("chat") is not None:
+        _check_type("chat", body["chat"], bool)
+        chat_template = body["chat"]
+    stops = _parse_stop(body)
+    cfg, max_tokens = _decode_config(body, kind, defaults, max_len)
+    return ParsedRequest(kind, prompt, cfg, max_tokens, stops, stream, include_usage, chat_template)
+
+
+def _check_envelope(body: dict, kind: str, model_id: str) -> None:
+    """No unknown fields, the served model, OpenAI fields we ignore only at their neutral value, n = 1."""
     main_field = "prompt" if kind == "completion" else "messages"
     allowed = COMMON | IGNORED | set(KNOBS) | {main_field}
     allowed |= {"chat"} if kind == "completion" else {"max_completion_tokens"}
@@ -136,12 +150,15 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
         if name in NEUTRAL and not any(_same(body[name], v) for v in NEUTRAL[name]):
             raise ApiError(400, f"'{name}' is not supported by this server (got {short_repr(body[name])})", name,
                            "unsupported_parameter")
-
     n = body.get("n")
     if n is not None:
         _check_type("n", n, int)
         if n != 1:
             raise ApiError(400, f"'n' must be 1 (got {short_repr(n)}): one choice per request", "n")
+
+
+def _parse_stream(body: dict) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage)."""
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -155,13 +172,10 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
         if iu is not None:
             _check_type("stream_options.include_usage", iu, bool)
             include_usage = iu
+    return stream, include_usage
 
-    prompt = _parse_prompt(body) if kind == "completion" else _parse_messages(body)
-    chat_template = None
-    if kind == "completion" and body.get("chat") is not None:
-        _check_type("chat", body["chat"], bool)
-        chat_template = body["chat"]
 
+def _parse_stop(body: dict) -> list[str]:
     stop = body.get("stop")
     if stop is None:
         stops: list[str] = []
@@ -179,8 +193,12 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
         raise ApiError(400, f"'stop' strings must be at most {MAX_STOP_CHARS} characters", "stop")
     for s_ in stops:
         check_text("stop", s_)
+    return stops
 
-    # ---- decoding config
+
+def _decode_config(body: dict, kind: str, defaults: DecodeConfig, max_len: int | None) -> tuple[DecodeConfig, int]:
+    """The request's DecodeConfig (the preset or the server's defaults, then the knobs and OpenAI's own
+    fields) and its max_tokens; a ConfigError becomes a 400 whose param is the field it names."""
     knobs: dict[str, Any] = {}
     for name, t in KNOBS.items():
         if name in NULLABLE and name in body and body[name] is None:
@@ -246,7 +264,7 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
         raise ApiError(400, msg, param) from e
     except (TypeError, ValueError, OverflowError) as e:
         raise ApiError(400, f"invalid decoding option: {short_repr(str(e), 200)}") from e
-    return ParsedRequest(kind, prompt, cfg, int(max_tokens), stops, stream, include_usage, chat_template)
+    return cfg, int(max_tokens)
 
 
 def _parse_prompt(body: dict) -> Any:
