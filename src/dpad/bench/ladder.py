@@ -12,7 +12,8 @@ batched (``--accuracy-batch-size``) since they are not timed.
 
 Every finished (problem, method) appends one line to ``PREFIX.records.jsonl`` and rewrites
 ``PREFIX.json`` / ``PREFIX.md``, so an interrupted run leaves its data; ``--resume`` skips the
-records already there. The PNG is drawn at the end of each gen length. Files, resume, model loading
+records already there. The PNG is redrawn after each problem's methods (an interrupted run's shows its
+partial gen length, marked). Files, resume, model loading
 and warm-up are the frontier's too: :mod:`dpad.bench.runner`.
 """
 
@@ -313,9 +314,8 @@ def _speed_phase(run: BenchRun, task: Any, samples: Sequence[Any], L: int, confi
               dynamic_ncols=True, unit="run") as bar:
         for i, s in enumerate(samples):
             k = i % len(methods)
-            for m in methods[k:] + methods[:k]:
-                if ("speed", L, m, s.index) in run.done:
-                    continue
+            todo = [m for m in methods[k:] + methods[:k] if ("speed", L, m, s.index) not in run.done]
+            for m in todo:
                 bar.set_postfix_str(m)
                 t0 = time.perf_counter()
                 g = generate(run.lm, s.prompt, config_for(m, L), chat=task.chat)
@@ -326,7 +326,7 @@ def _speed_phase(run: BenchRun, task: Any, samples: Sequence[Any], L: int, confi
                          "response_tokens": g.stats.get("response_tokens", 0), "nfe": g.stats.get("nfe", 0),
                          "stopped_early": g.stats.get("stopped_early"), "correct": bool(sc["correct"]),
                          "extracted": sc.get("extracted"), "output": g.text})
-                run.save(sandbox=sandbox)
+                run.save(sandbox=sandbox, draw=m == todo[-1])  # the PNG after each problem's last method
                 bar.update(1)
 
 
