@@ -109,3 +109,66 @@ def hub(hub_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return hub_home / "hub"
+
+
+# ------------------------------------------------------------------ skips are failures in CI
+# With DPAD_NO_SKIPS=1 (set by .ci/run) a skip fails, unless its reason starts with PLATFORM: a test
+# whose requirement is a package of the `test` extra, bubblewrap or unshare must run in CI, and
+# a missing one is an error there, not a silent skip. Only what the platform itself lacks (another
+# CPU architecture, a torch build without torch.distributed, ...) may still skip.
+PLATFORM = "platform: "
+NO_SKIPS = os.environ.get("DPAD_NO_SKIPS", "").strip() not in ("", "0")
+
+
+def _skip_reason(rep: pytest.CollectReport | pytest.TestReport) -> str:
+    lr = rep.longrepr
+    reason = str(lr[2]) if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+    return reason.removeprefix("Skipped: ")
+
+
+def _fail_a_skip(rep: pytest.CollectReport | pytest.TestReport) -> None:
+    if NO_SKIPS and rep.skipped and not hasattr(rep, "wasxfail"):
+        reason = _skip_reason(rep)
+        if not reason.startswith(PLATFORM):
+            rep.outcome = "failed"
+            rep.longrepr = (f"DPAD_NO_SKIPS is set (CI), and this skip is not a platform one: {reason}\n"
+                            "install the `test` extra (pip install -e '.[test]') and bubblewrap, or mark "
+                            f"a genuine platform skip with a reason starting {PLATFORM!r}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+    outcome = yield
+    _fail_a_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # noqa: ANN201
+    outcome = yield
+    _fail_a_skip(outcome.get_result())
+
+
+# ------------------------------------------------------------------ serve: batches without a time window
+class BatchGate:
+    """Holds a :class:`dpad.serve.scheduler.Scheduler`'s worker until the jobs announced with
+    :meth:`expect` all wait in its queue, so which requests share a batch does not depend on when
+    the client threads arrive. Install it before the server starts (the worker's first take)."""
+
+    def __init__(self, scheduler) -> None:  # noqa: ANN001
+        self.scheduler, self.n = scheduler, 0
+        take = scheduler._take_batch
+
+        def gated():  # noqa: ANN202
+            s = scheduler
+            with s.cv:  # (a safety timeout only: the test's own assertions then fail)
+                s.cv.wait_for(lambda: s.stopping or (s.queue and len(s.queue) >= self.n), timeout=120)
+                self.n = 0
+            return take()
+
+        scheduler._take_batch = gated
+
+    def expect(self, n: int) -> None:
+        """The next batch is formed once ``n`` jobs wait (call before sending them)."""
+        with self.scheduler.cv:
+            self.n = n
+            self.scheduler.cv.notify_all()

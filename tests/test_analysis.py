@@ -134,8 +134,9 @@ def test_equal_to_an_independent_computation(llada) -> None:  # noqa: ANN001
     """Layer 1 of the LLaDA tiny model, DPad-style view (gaps in the positions): numpy q k^T softmax
     with an independent RoPE equals the recorder."""
     model = llada.model
-    P, B, G = len(PROMPT), 8, 32
-    pos = list(range(P + B)) + [P + B + d for d in (0, 1, 3, 7, 12, 20, 23)]
+    P, B = len(PROMPT), 8
+    kept = (0, 1, 3, 7, 12, 20, 23)  # suffix distances kept: a 24-token suffix with holes
+    pos = list(range(P + B)) + [P + B + d for d in kept]
     ids = torch.tensor(PROMPT + [llada.mask_token_id] * (len(pos) - P))[None]
     layer = 1
     grabbed = {}
@@ -162,7 +163,9 @@ def test_equal_to_an_independent_computation(llada) -> None:  # noqa: ANN001
     # float32 precision; the bit-level check is test_recorded_rows_reproduce_the_attention_output
     np.testing.assert_allclose(r.rows[layer], expect, atol=2e-6, rtol=0)
     assert np.abs(r.rows[layer] - expect).max() < 1e-3 * np.abs(expect).max()
-    assert G  # (the view covers a 32-token canvas with holes)
+    # the recorder saw the view with its holes: the kept suffix keys only, at their absolute positions
+    assert r.suffix.tolist() == [False] * (P + B) + [True] * len(kept)
+    assert (r.key_positions[r.suffix] - r.block_end).tolist() == list(kept)
 
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
@@ -254,11 +257,25 @@ def test_spike_scores_find_isolated_peaks() -> None:
 
 
 # ---------------------------------------------------------------------------- keep
-def test_keep_prob_matches_the_engine() -> None:
-    p = keep_prob(256, 4.0, 2.0)
-    np.testing.assert_allclose(p, GaussianDecay(256, 4.0, 2.0).prob.double().numpy())
-    assert expected_kept(p) == pytest.approx(GaussianDecay(256, 4.0, 2.0).expected_kept(), rel=1e-6)
-    assert expected_kept(keep_prob(64, 1.0, 3.0)) <= 64  # min(1, p) caps each distance at 1
+def _gaussian_p(window: int, sigma: float, scale: float) -> np.ndarray:
+    """DPad's keep probability written out in float64: the window's distances d = 0..W-1 spread
+    over [0, sigma], p(d) = scale * N(0, 1) density there."""
+    x = sigma * np.arange(window) / max(window - 1, 1)
+    return scale * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+
+@pytest.mark.parametrize("window,sigma,scale", [(256, 4.0, 2.0), (64, 1.0, 3.0), (1, 4.0, 2.0), (7, 2.5, 1e4)])
+def test_keep_prob_matches_the_engine(window: int, sigma: float, scale: float) -> None:
+    """The analysis' p(d) and the engine's table both equal the formula computed here (to float32
+    precision: both are float32 tables), and so do the expected kept counts."""
+    want = _gaussian_p(window, sigma, scale)
+    np.testing.assert_allclose(keep_prob(window, sigma, scale), want, rtol=5e-6, atol=0)
+    engine = GaussianDecay(window, sigma, scale)
+    np.testing.assert_allclose(engine.prob.double().numpy(), want, rtol=5e-6, atol=0)
+    kept = np.minimum(want, 1.0).sum()
+    assert expected_kept(keep_prob(window, sigma, scale)) == pytest.approx(kept, rel=1e-5)
+    assert engine.expected_kept() == pytest.approx(kept, rel=1e-5)
+    assert engine.expected_kept(available=1) == pytest.approx(min(want[0], 1.0), rel=1e-5)
 
 
 def test_keep_map_rate_tracks_p() -> None:

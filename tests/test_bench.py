@@ -108,3 +108,32 @@ def test_default_ladder_and_validation() -> None:
     s = LadderSettings(methods=["parallel+prefix+et", "et+parallel+prefix"])
     s.validate()
     assert s.methods == ["et+parallel+prefix"]
+
+
+def test_plot_draws_every_gen_length_and_marks_partial_groups(tmp_path: Path) -> None:
+    """An unfinished ladder: gen 256 whole, gen 512 with vanilla on 1 of 2 problems, gen 1024 with one
+    method on one problem and no vanilla yet. Every gen length is drawn; the partial ones say why."""
+    from dpad.bench.plot import ladder_groups, plot_ladder, redraw
+
+    s = LadderSettings(methods=["vanilla", "et", "parallel+prefix+dpad"], gen_lengths=[256, 512, 1024], n=2)
+
+    def rec(L: int, m: str, i: int, lat: float) -> dict:
+        return {"phase": "speed", "gen_length": L, "method": m, "index": i, "latency_s": lat, "response_tokens": 9,
+                "nfe": 4, "correct": True}
+
+    recs = [rec(L, m, i, lat) for L in (256, 512) for i in (0, 1)
+            for m, lat in (("vanilla", 8.0), ("et", 2.0), ("parallel+prefix+dpad", 0.5))
+            if not (L == 512 and m == "vanilla" and i == 1)] + [rec(1024, "et", 0, 3.0)]
+    res = build_result(s, recs, env={}, command="x", configs={}, complete=False)
+    groups = {g.gen_length: g for g in ladder_groups(res)}
+    assert list(groups) == [256, 512, 1024]
+    assert groups[256].note == "" and [b.method for b in groups[256].bars] == s.methods
+    assert not any(b.partial for b in groups[256].bars) and groups[256].bars[2].speedup == pytest.approx(16.0)
+    assert groups[512].note == "speed-ups on 1 of 2 problems"
+    assert all(b.partial and b.n == 1 for b in groups[512].bars) and len(groups[512].bars) == 3
+    assert groups[1024].bars == [] and groups[1024].note == "no vanilla yet: no speed-up; 2 methods not run yet"
+
+    pytest.importorskip("matplotlib")
+    assert plot_ladder(res, tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    assert redraw(tmp_path / "r.json") == tmp_path / "r.png" and (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"

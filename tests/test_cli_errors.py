@@ -1,5 +1,6 @@
 """Bad command lines: every one gives exit status 2 and exactly one line on stderr, with no traceback,
-before any heavy work (the model is never loaded: loading it raises here). Driven in-process through
+before any heavy work (the model is never loaded: every way to load it raises here, so a refusal
+came before it; no wall-clock bound). Driven in-process through
 ``dpad.cli.main``; a subprocess only where real argv bytes are needed. Also: the empty prompt is
 unconditional generation, the same in the CLI and the library."""
 
@@ -10,7 +11,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pytest
 
 import dpad
 import dpad.api
+import dpad.models
 from dpad.cli import build_parser, main
 from dpad.config import DecodeConfig
 from dpad.train import trainer
@@ -35,25 +36,25 @@ def no_load(monkeypatch: pytest.MonkeyPatch) -> None:
         raise Reached
 
     monkeypatch.setattr(dpad.api, "load", load)
+    monkeypatch.setattr(dpad.models, "load", load)
     monkeypatch.setattr(trainer, "train", load)  # dpad train: the training run
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[object, str, float]:
-    t0 = time.monotonic()
+def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[object, str]:
     try:
         rc: object = main(argv)
     except Reached:
         rc = "reached"
     _, err = capsys.readouterr()
-    return rc, err, time.monotonic() - t0
+    return rc, err
 
 
-def assert_one_line(argv: list[str], rc: object, err: str, took: float) -> None:
+def assert_one_line(argv: list[str], rc: object, err: str) -> None:
+    """Exit 2 (so the command stopped before the model load, which raises Reached), one line."""
     assert rc == 2, f"{argv}: exit {rc!r} (stderr: {err!r})"
     lines = err.strip("\n").split("\n")
     assert len(lines) == 1 and lines[0], f"{argv}: {len(lines)} lines on stderr: {err!r}"
     assert "Traceback" not in err and "error" in lines[0], (argv, err)
-    assert took < 5, f"{argv}: took {took:.1f}s"
 
 
 def bases(tmp: Path) -> dict[str, list[str]]:
@@ -101,7 +102,7 @@ def numeric_flags(p: argparse.ArgumentParser, decode: bool) -> list[tuple[str, s
 
 def test_valid_bases_reach_the_model(tmp_path: Path, no_load: None, capsys: pytest.CaptureFixture) -> None:
     for name, argv in bases(tmp_path).items():
-        rc, err, _ = run(argv, capsys)
+        rc, err = run(argv, capsys)
         assert rc == "reached", (name, rc, err)
 
 
@@ -121,11 +122,11 @@ def test_numeric_flag_sweep(tmp_path: Path, no_load: None, capsys: pytest.Captur
         for flag, kind in flags:
             for v in [*REFUSED, HUGE]:
                 argv = [*base[name], f"{flag}={v}"]
-                rc, err, took = run(argv, capsys)
+                rc, err = run(argv, capsys)
                 n += 1
                 if v == HUGE and (rc == "reached" and kind == "float"):
                     continue  # e.g. --factor 1e39 is a valid (if odd) setting
-                assert_one_line(argv, rc, err, took)
+                assert_one_line(argv, rc, err)
     print(f"numeric flag sweep: {n} invocations")
     assert n > 200
 
@@ -164,33 +165,31 @@ def test_bad_invocations(tmp_path: Path, no_load: None, capsys: pytest.CaptureFi
     ]
     try:
         for argv in cases:
-            rc, err, took = run(argv, capsys)
-            assert_one_line(argv, rc, err, took)
+            rc, err = run(argv, capsys)
+            assert_one_line(argv, rc, err)
     finally:
         busy.close()
-    rc, err, _ = run(["eval", "--task", "arith", "--out", str(not_dir / "sub")], capsys)
+    rc, err = run(["eval", "--task", "arith", "--out", str(not_dir / "sub")], capsys)
     assert "--out" in err and "not a writable directory" in err
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     try:
-        _, err, _ = run(["serve", "--port", str(busy.getsockname()[1])], capsys)
+        _, err = run(["serve", "--port", str(busy.getsockname()[1])], capsys)
         assert "port is in use" in err
     finally:
         busy.close()
-    _, err, _ = run(["generate", "--prompt", "a\udcffb"], capsys)
+    _, err = run(["generate", "--prompt", "a\udcffb"], capsys)
     assert "0xff" in err and "not UTF-8" in err
 
 
 def test_invalid_utf8_argv_in_a_real_process() -> None:
     """The bytes b'a\\xffb' on a real command line: one line, exit 2 (no tokenizer TypeError)."""
-    t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "dpad.cli", "generate", "--prompt", b"a\xffb"],
                        capture_output=True, timeout=120)
     err = r.stderr.decode("utf-8", "replace")
     assert r.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "0xff" in err
-    print(f"exit 2 after {time.monotonic() - t0:.1f}s: {err.strip()}")
 
 
 def test_empty_prompt_is_unconditional_generation(capsys: pytest.CaptureFixture) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PLATFORM
 
 from dpad.eval.parallel import DistContext, shard
 
@@ -34,7 +35,7 @@ def test_shard_covers_every_sample_once() -> None:
     assert not ctx.enabled and ctx.gather({"a": 1}) == [{"a": 1}] and ctx.device_for("cpu") == "cpu"
 
 
-@pytest.mark.skipif(not _torchrun_available(), reason="torch.distributed (gloo) / torchrun not available")
+@pytest.mark.skipif(not _torchrun_available(), reason=PLATFORM + "this torch build has no torch.distributed (gloo) / torchrun")
 def test_two_process_eval_merges_into_one_result(tmp_path: Path) -> None:
     from dpad.cli import main as dpad_main
 

@@ -135,3 +135,37 @@ def test_early_termination_decodes_vanilla_responses() -> None:
     assert [x.response_ids for x in a] == [y.response_ids for y in b]
     assert [x.text for x in a] == [y.text for y in b]
     assert all(y.stats["nfe"] < x.stats["nfe"] == 96 for x, y in zip(a, b, strict=True))
+
+
+class _Loaded(Exception):
+    pass
+
+
+@pytest.mark.parametrize("frontier", [False, True])
+def test_ladder_and_frontier_load_the_model_as_the_flags_say(tmp_path: Path, monkeypatch, frontier: bool) -> None:  # noqa: ANN001
+    """One runner: --revision, --compile and --dtype reach the model of both runs (the frontier used to
+    drop --revision and --compile)."""
+    import dpad.api
+
+    seen: dict = {}
+
+    def load(model, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.update(kw, model=model)
+        raise _Loaded
+
+    monkeypatch.setattr(dpad.api, "load", load)
+    argv = ["bench", "--out", str(tmp_path / "run"), "--n", "1", "--revision", "v2", "--compile", "--dtype", "float64",
+            "--threads", "1", "--no-progress", "--preset", "fast-dllm-prefix", "--gen-length" if frontier else
+            "--gen-lengths", "32", *(["--frontier", "--sweep", "threshold=0.9", "--vanilla-n", "0"] if frontier else [])]
+    with pytest.raises(_Loaded):
+        dpad_main(argv)
+    assert seen == {"model": None, "device": "auto", "dtype": "float64", "revision": "v2", "compile": True}
+    assert not (tmp_path / "run.records.jsonl").exists()  # nothing written before the model loads
+
+
+def test_the_frontier_shares_the_runner_not_the_ladder() -> None:
+    from test_imports import import_graph
+
+    g = import_graph()
+    assert "dpad.bench.ladder" not in g["dpad.bench.frontier"]
+    assert "dpad.bench.runner" in g["dpad.bench.frontier"] and "dpad.bench.runner" in g["dpad.bench.ladder"]

@@ -68,20 +68,67 @@ def test_registered_in_lm_eval() -> None:
     lm_eval_model.register()  # idempotent
 
 
+def _valid_text(knob) -> str:  # noqa: ANN001 - a Knob: a valid value of the field, as model-args text
+    if knob.type is bool:
+        return "true"
+    if knob.choices:
+        return knob.choices[-1]
+    lo = 0 if knob.low is None else knob.low
+    v = lo + 1 if knob.high is None else (lo + knob.high) / 2
+    return str(int(v)) if knob.type is int else repr(float(v))
+
+
 def test_model_args_cover_every_decode_knob() -> None:
     from dataclasses import fields
 
-    from dpad.config import DecodeConfig
+    from dpad.config import FIELDS, DecodeConfig
 
-    args = {f.name: "1" for f in fields(DecodeConfig) if f.name != "extra"}
+    assert set(FIELDS) == {f.name for f in fields(DecodeConfig)} - {"extra"}
+    args = {name: _valid_text(k) for name, k in FIELDS.items()}
     assert set(decode_kwargs_from_model_args({**args, "extra": 1})) == set(args)
     # lm-eval's own parsing: "none" -> None, numbers -> int/float, true/false -> bool
     d = decode_kwargs_from_model_args({"cache": None, "threshold": None, "k": 3, "a": 1.6, "W": 64,
                                        "early_termination": "true", "gen_length": 128.0})
     assert d == {"cache": "none", "threshold": None, "sigma": 3.0, "scale": 1.6, "window": 64,
                  "early_termination": True, "gen_length": 128}
-    with pytest.raises(ConfigError):
-        decode_kwargs_from_model_args({"gen_length": 1.5})
+    # none unsets every field that may be unset (entropy_bound and the guard's included)
+    nullable = [name for name, k in FIELDS.items() if k.nullable]
+    assert {"steps", "threshold", "entropy_bound", "dependency_distance", "dependency_threshold"} <= set(nullable)
+    assert decode_kwargs_from_model_args(dict.fromkeys(nullable, "none")) == dict.fromkeys(nullable)
+    assert decode_kwargs_from_model_args(dict.fromkeys(nullable)) == dict.fromkeys(nullable)
+    for bad in ({"gen_length": 1.5}, {"gen_length": "none"}, {"threshold": 2}, {"cache": "lru"},
+                {"early_termination": "maybe"}, {"seed": -1}):
+        with pytest.raises(ConfigError, match=f"model arg {next(iter(bad))}") as e:
+            decode_kwargs_from_model_args(bad)
+        assert e.value.field == next(iter(bad))
+
+
+def test_every_field_as_a_model_arg_on_a_tiny_task(task_dir: Path) -> None:
+    """lm-eval's own --model_args string with every DecodeConfig field, ``none`` for each field that
+    may be unset: the model decodes with exactly that config."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from dpad.config import FIELDS, DecodeConfig
+
+    given = {"gen_length": "32", "block_length": "16", "confidence": "low_confidence", "schedule": "auto",
+             "temperature": "0", "alg_temp": "0", "cfg_scale": "0", "eps": "0.001", "suffix": "full",
+             "sigma": "4", "scale": "2", "cache": "prefix", "early_termination": "true",
+             "logits_eos_inf": "false", "confidence_eos_eot_inf": "false", "seed": "7", "compat": "none"}
+    nones = [name for name, k in FIELDS.items() if k.nullable]
+    assert set(given) | set(nones) == set(FIELDS) and not set(given) & set(nones)
+    model_args = ",".join([f"{k}={v}" for k, v in given.items()] + [f"{k}=none" for k in nones])
+    # the embedded model's default method turns its parallel rule (threshold 0.99) on; none turns it off
+    res = lm_eval.simple_evaluate(
+        model="dpad", model_args=f"method=parallel+prefix,device=cpu,{model_args}", tasks=["dpad_arith_offline"],
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False), apply_chat_template=True,
+        batch_size=1, limit=1, log_samples=True)
+    samples = res["samples"]["dpad_arith_offline"]
+    assert len(samples) == 1 and isinstance(samples[0]["resps"][0][0], str)
+
+    lm = DpadLM(method="parallel+prefix", device="cpu", **{**given, **dict.fromkeys(nones, "none")})
+    want = DecodeConfig(gen_length=32, block_length=16, cache="prefix", early_termination=True, seed=7)
+    assert lm.config == want and lm.method == "et+prefix"
 
 
 def test_simple_evaluate_offline_with_chat_template(task_dir: Path) -> None:

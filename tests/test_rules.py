@@ -98,8 +98,12 @@ def test_invalid_rule_options_name_the_field(field: str, kw: dict) -> None:
 
 def test_method_label_and_text_numbers() -> None:
     assert DecodeConfig(entropy_bound=0.1, cache="prefix").method_name() == "parallel+prefix"
-    assert DecodeConfig(entropy_bound="0.25").entropy_bound == 0.25
-    cfg = DecodeConfig(threshold=0.9, dependency_distance=2, dependency_threshold="0.99")
+    # numbers as text are refused, as for every numeric field (tests/test_config.py)
+    with pytest.raises(ConfigError, match="^entropy_bound='0.25' is invalid: text is not a number"):
+        DecodeConfig(entropy_bound="0.25")
+    with pytest.raises(ConfigError, match="^dependency_threshold='0.99' is invalid: text is not a number"):
+        DecodeConfig(threshold=0.9, dependency_distance=2, dependency_threshold="0.99")
+    cfg = DecodeConfig(threshold=0.9, dependency_distance=2, dependency_threshold=0.99)
     assert cfg.dependency_threshold == 0.99 and cfg.parallel
 
 

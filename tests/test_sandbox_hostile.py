@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import PLATFORM
 
 from dpad.eval import sandbox as sandbox_module
 from dpad.eval.sandbox import (
@@ -60,8 +61,11 @@ def test_corpus_is_big_enough() -> None:
 
 
 def test_ci_has_an_os_sandbox() -> None:
-    if os.environ.get("DPAD_REQUIRE_SANDBOX") and "bubblewrap" not in AVAILABLE:
-        pytest.fail(f"DPAD_REQUIRE_SANDBOX is set but bubblewrap does not work here: {NO_BWRAP}")
+    """CI (DPAD_REQUIRE_SANDBOX=1) runs every layer: a missing one fails here, not as a quiet skip."""
+    if os.environ.get("DPAD_REQUIRE_SANDBOX"):
+        assert "bubblewrap" in AVAILABLE, f"DPAD_REQUIRE_SANDBOX is set but {NO_BWRAP}"
+        assert "unshare" in AVAILABLE, ("DPAD_REQUIRE_SANDBOX is set but unshare with mount/PID/net namespaces "
+                                        f"does not work here: {sandbox_module._reasons.get('unshare')}")
 
 
 def _proc_cmdlines_with(marker: bytes) -> list[int]:
@@ -193,11 +197,14 @@ def _expectation(path: Path) -> str:
     return "any"
 
 
-@pytest.mark.parametrize("layer,guard", CONFIGS)
-@pytest.mark.parametrize("program", CORPUS, ids=lambda p: p.stem)
+# every program on every layer, except a program that undoes the guard first on a guard-on layer:
+# that run would be its guard-off run again
+HOSTILE_RUNS = [pytest.param(program, *c.values, id=f"{program.stem}-{c.id}", marks=c.marks)
+                for program in CORPUS for c in CONFIGS if not (c.values[1] and _uses_bypass(program))]
+
+
+@pytest.mark.parametrize("program,layer,guard", HOSTILE_RUNS)
 def test_hostile_program_is_contained(world, program: Path, layer: str, guard: bool) -> None:  # noqa: ANN001
-    if guard and _uses_bypass(program):
-        pytest.skip("the program undoes the guard first: the guard-off run covers it")
     cfg, secret = world["cfg"], world["secret"]
     tree_before = _snapshot(world["tree"])
     home_before = os.listdir(world["home"])
@@ -235,8 +242,9 @@ def test_hostile_program_is_contained(world, program: Path, layer: str, guard: b
     for field in ("CapEff", "CapPrm"):  # 28: the program holds no capabilities
         caps = re.search(rf"^{field}:\s*([0-9a-f]+)$", res.stdout, re.M)
         assert caps is None or int(caps.group(1), 16) == 0, res.stdout[:2000]
-    # limits
-    assert res.duration_s < TIMEOUT_S + 4.0
+    # limits: the call came back well before the corpus' sleeps (60 s) and endless loops would end
+    # (a bound with a wide margin over the 2 s limit: no race with a loaded machine)
+    assert res.duration_s < 30
     assert len(res.stdout) <= LIMITS["max_output_bytes"] + 100
     assert len(res.stderr) <= LIMITS["max_output_bytes"] + 100
     spawned = re.search(r"^children (\d+)$", res.stdout, re.M)  # 27: RLIMIT_NPROC held
@@ -259,9 +267,9 @@ def test_benign_programs_score_correctly(layer: str, guard: bool) -> None:
     assert ok.passed and ok.status == "passed" and ok.isolation == layer, ok
     bad = check_program(PROMPT, "    return a - b\n", TEST, "add", isolation=layer, guard=guard)
     assert bad.status == "failed" and "AssertionError" in bad.stderr
-    slow = check_program(PROMPT, "    import time\n    time.sleep(30)\n", TEST, "add", timeout_s=1.0,
+    slow = check_program(PROMPT, "    import time\n    time.sleep(600)\n", TEST, "add", timeout_s=1.0,
                          isolation=layer, guard=guard)
-    assert slow.status == "timeout" and slow.duration_s < 4.0
+    assert slow.status == "timeout" and 1.0 <= slow.duration_s < 600  # stopped at its limit
     mbpp = check_mbpp("import heapq, re, math\ndef f(xs):\n    return heapq.nsmallest(1, xs)[0]",
                       ["assert f([3, 1, 2]) == 1"], isolation=layer, guard=guard)
     assert mbpp.passed, mbpp
@@ -337,7 +345,7 @@ except OSError as e:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
-                    reason="the seccomp filter is built for x86_64")
+                    reason=PLATFORM + "the seccomp filter is built for x86_64 Linux")
 @pytest.mark.parametrize("layer,guard", CONFIGS)
 def test_seccomp_filter(layer: str, guard: bool) -> None:
     res = run_python(BYPASS + SECCOMP_PROBE, isolation=layer, guard=guard)

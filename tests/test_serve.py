@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from conftest import BatchGate
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -150,9 +151,11 @@ def test_decoding_knobs_as_extra_fields(client: openai.OpenAI) -> None:
 
 
 def test_concurrent_requests_are_batched(lm: LoadedModel, client: openai.OpenAI) -> None:
-    """Concurrent requests with the same config form one batch (it fills before the wait ends) and
-    each gets the text it gets alone; a request with another config runs in its own batch."""
+    """Concurrent requests with the same config form one batch (a full one, taken at once) and
+    each gets the text it gets alone; a request with another config runs in its own batch. The
+    worker starts once all 4 wait (BatchGate): the batches do not depend on thread timing."""
     app = create_app(lm, model_id=MODEL, defaults=DEFAULTS, max_batch_size=3, batch_wait_ms=1500)
+    gate = BatchGate(app.state.dpad.scheduler)
     qs = [p.question for p in PROBLEMS[:4]]
     extra = [{}, {}, {}, {"threshold": 0.8}]
     alone = [client.completions.create(model=MODEL, prompt=q, max_tokens=64, extra_body=e).choices[0].text
@@ -165,6 +168,7 @@ def test_concurrent_requests_are_batched(lm: LoadedModel, client: openai.OpenAI)
             results[i] = c2.completions.create(model=MODEL, prompt=qs[i], max_tokens=64, extra_body=extra[i],
                                                seed=1234 + i % 2)
 
+        gate.expect(4)
         threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import BatchGate
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -286,14 +287,18 @@ def _concurrent(url: str, bodies: list[dict], path: str = "/v1/completions") -> 
 
 
 def test_bad_seed_never_joins_a_batch(lm: LoadedModel, http: httpx.Client) -> None:
-    """The issue's case: seed 2**64 sent with 3 valid requests -> 400 for it, 200 for the others."""
+    """The issue's case: seed 2**64 sent with 3 valid requests -> 400 for it, 200 for the others,
+    which form one batch of 3 (the worker starts once the 3 wait: BatchGate)."""
     app = create_app(lm, model_id=MODEL, defaults=DEFAULTS, max_batch_size=4, batch_wait_ms=1000)
+    gate = BatchGate(app.state.dpad.scheduler)
     bodies = [{"model": MODEL, "prompt": q, "max_tokens": 16, "seed": s}
               for q, s in zip(QS, [1, 2, 2**64, 3], strict=True)]
     with ServerThread(app) as url:
+        gate.expect(3)
         rs = _concurrent(url, bodies)
     assert [r.status_code for r in rs] == [200, 200, 400, 200]
     assert rs[2].json()["error"]["param"] == "seed"
+    assert [rs[i].json()["dpad"]["batch_size"] for i in (0, 1, 3)] == [3, 3, 3]
     for i in (0, 1, 3):
         alone = http.post("/v1/completions", json=bodies[i]).json()["choices"][0]["text"]
         assert rs[i].json()["choices"][0]["text"] == alone
@@ -324,11 +329,13 @@ def test_a_failing_row_fails_alone(lm: LoadedModel, http: httpx.Client, monkeypa
     per-block callback fails fails alone without touching the batch."""
     poison = LoadedModel(PoisonModel(lm.model), lm.tokenizer, lm.path, lm.config)  # type: ignore[arg-type]
     app = create_app(poison, model_id=MODEL, defaults=DEFAULTS, max_batch_size=4, batch_wait_ms=1000)
+    gate = BatchGate(app.state.dpad.scheduler)  # each round's 4 requests form one batch
     prompts = [encode_prompt(lm, q) for q in QS]  # token ids, chat template applied
     assert not any(PoisonModel.POISON in p or 42 in p for p in prompts)
     prompts[1] = prompts[1][:5] + [PoisonModel.POISON] + prompts[1][5:]
     bodies = [{"model": MODEL, "prompt": p, "max_tokens": 16} for p in prompts]
     with ServerThread(app) as url:
+        gate.expect(4)
         rs = _concurrent(url, bodies)
         assert [r.status_code for r in rs] == [200, 500, 200, 200], [r.text[:200] for r in rs]
         e = rs[1].json()["error"]
@@ -347,6 +354,7 @@ def test_a_failing_row_fails_alone(lm: LoadedModel, http: httpx.Client, monkeypa
 
         monkeypatch.setattr(scheduler_mod.Job, "_on_block", failing)
         bodies[1]["prompt"] = prompts[0][:3] + [42] + prompts[0][3:]
+        gate.expect(4)
         rs = _concurrent(url, bodies)
         assert [r.status_code for r in rs] == [200, 500, 200, 200], [r.text[:200] for r in rs]
         assert [rs[i].json()["dpad"]["batch_size"] for i in (0, 2, 3)] == [4, 4, 4]
@@ -514,7 +522,9 @@ def test_sigterm_with_a_request_in_flight_exits_within_the_timeout(tmp_path: Pat
         took = time.monotonic() - t0
         t.join(30)
         print(f"exit {took:.2f}s after SIGTERM (timeout {timeout}s)")
-        assert took < timeout + 4, took
+        # the request alone would decode for minutes: an exit within a wide margin of the timeout (no
+        # race with a loaded machine) and the client's 503 below show the shutdown cut it short
+        assert took < timeout + 20, took
         assert proc.returncode in (0, -signal.SIGTERM), proc.stderr.read()  # uvicorn re-raises the signal
         r = got.get("r")
         assert r is not None, got

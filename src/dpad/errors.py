@@ -22,7 +22,12 @@ class DpadError(Exception):
 
 
 class ConfigError(DpadError, ValueError):
-    """A decoding or model setting is outside its valid range."""
+    """A decoding or model setting is outside its valid range. ``field``: the setting's name, where
+    one is to blame (a DecodeConfig field, for example); the server reports it as the error's param."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class CheckpointError(DpadError):

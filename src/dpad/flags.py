@@ -3,7 +3,8 @@ flags and one flag per :class:`~dpad.config.DecodeConfig` field.
 
 It sits below every command (``dpad.cli`` and the ``eval``, ``bench``, ``analyze``, ``serve`` and
 ``train`` subcommands import it; it imports none of them), so that nothing but the entry point imports
-:mod:`dpad.cli`. Numeric flags declare their range with :func:`int_in` / :func:`float_in`.
+:mod:`dpad.cli`. Numeric flags declare their range with :func:`int_in` / :func:`float_in`; the decoding
+flags take type, range, help and aliases from :data:`dpad.config.FIELDS`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any, NoReturn
 
-from .config import PRESETS, DecodeConfig, preset
+from .config import FIELDS, PRESETS, DecodeConfig, Knob, preset
 from .errors import ConfigError, short_repr
 
 __all__ = ["MAX_THREADS", "ArgumentParser", "add_decode_args", "add_model_args", "decode_config_from_args",
-           "decode_overrides", "float_in", "int_in", "one_line", "parse_ids"]
+           "decode_overrides", "float_in", "int_in", "knob_type", "one_line", "parse_ids"]
 
 MAX_THREADS = 1024
 
@@ -64,64 +64,49 @@ def float_in(lo: float, hi: float) -> Callable[[str], float]:
     parse.__name__ = "float"
     return parse
 
-# Help text and short aliases for the decoding knobs (one flag per DecodeConfig field).
-_HELP = {
-    "gen_length": "tokens to generate (a multiple of --block-length)",
-    "block_length": "block size of semi-autoregressive decoding",
-    "steps": "total decoding steps for the fixed schedule (default: gen_length, one token per step)",
-    "confidence": "score used to pick positions: low_confidence, random, maskgit_plus, topk_margin, entropy, origin",
-    "schedule": "fixed schedule: auto, llada (even split) or dream (linear timesteps)",
-    "threshold": "Fast-dLLM parallel decoding: commit every position with confidence >= this (top-1 always)",
-    "factor": "Fast-dLLM factor rule (instead of --threshold)",
-    "entropy_bound": "EB-sampler gamma (nats): commit the confidence-ranked prefix while its summed entropy "
-                     "minus its largest entropy stays <= gamma (instead of --threshold)",
-    "dependency_distance": "D: with a parallel rule, never commit two positions within D of each other in one "
-                           "step unless both pass --dependency-threshold",
-    "dependency_threshold": "the stricter confidence bound of --dependency-distance (default: never)",
-    "temperature": "sampling temperature (0 = greedy)",
-    "top_p": "nucleus filter before sampling",
-    "top_k": "top-k filter before sampling",
-    "alg_temp": "Dream: sample positions with softmax(conf / alg_temp) instead of top-k",
-    "cfg_scale": "classifier-free guidance scale (no cache)",
-    "eps": "Dream schedule: final timestep",
-    "suffix": "suffix policy: full (vanilla), window, gaussian (DPad), uniform (ablation)",
-    "window": "W: suffix window size in tokens",
-    "sigma": "k: the Gaussian's spread (window end at k standard deviations)",
-    "scale": "a: keep-probability scale, p(d) = a * phi(k d / (W-1))",
-    "uniform_keep": "tokens kept by --suffix uniform",
-    "cache": "KV cache: none, prefix or dual",
-    "early_termination": "stop once a finished block holds EOS",
-    "logits_eos_inf": "LLaDA option: EOS logit -inf (EOS is never proposed)",
-    "confidence_eos_eot_inf": "LLaDA option: EOS/EoT get confidence 0 (committed last)",
-    "seed": "seed of the sampling and DPad dropout generators",
-    "compat": "reproduce a reference implementation's quirks: none, fast-dllm, dpad-dream",
-}
-_ALIASES = {"sigma": ["-k"], "scale": ["-a"], "window": ["-W"]}
+def knob_type(knob: Knob) -> Callable[[str], Any]:
+    """An argparse ``type`` for one DecodeConfig field: its type and range from :data:`~dpad.config.FIELDS`
+    (``none`` is refused: an unset flag already leaves the field to the preset or the default)."""
+    def parse(text: str) -> Any:
+        try:
+            return knob.coerce(text, allow_none=False)
+        except ConfigError:
+            raise argparse.ArgumentTypeError(f"must be {knob.expects()}, got {short_repr(text)}") from None
+
+    parse.__name__ = knob.type.__name__
+    return parse
+
+
+def knob_help(knob: Knob) -> str:
+    """The field's help, its range (choices show in the metavar) and its default or what unset means."""
+    notes = [] if knob.choices else [knob.expects()]
+    if knob.nullable:
+        notes.append(f"unset: {knob.unset}")
+    elif knob.type is not bool:
+        notes.append(f"default {knob.default}")
+    return f"{knob.help} ({'; '.join(notes)})"
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
-    """One flag per DecodeConfig field (default: unset, so presets and defaults show through)."""
+    """One flag per DecodeConfig field, derived from :data:`~dpad.config.FIELDS` (default: unset, so
+    presets and defaults show through)."""
     g = p.add_argument_group("decoding (see DecodeConfig)")
     g.add_argument("--preset", choices=sorted(PRESETS) + sorted(f"{n}-parallel" for n in PRESETS),
                    metavar="NAME", help=f"start from a named preset: {', '.join(sorted(PRESETS))} (+ -parallel)")
-    for f in fields(DecodeConfig):
-        if f.name == "extra":
+    for knob in FIELDS.values():
+        flag = "--" + knob.name.replace("_", "-")
+        if knob.type is bool:
+            g.add_argument(flag, dest=knob.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=knob.help)
             continue
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag] + _ALIASES.get(f.name, [])
-        if f.type in ("bool",) or isinstance(f.default, bool):
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=_HELP.get(f.name))
-            continue
-        typ: Any = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}.get(
-            str(f.type), float if isinstance(f.default, float) else int if isinstance(f.default, int) else str)
-        g.add_argument(*names, dest=f.name, type=typ, default=None, help=_HELP.get(f.name))
+        names = [flag] + [f"-{a}" for a in knob.aliases]
+        g.add_argument(*names, dest=knob.name, type=knob_type(knob), default=None, help=knob_help(knob),
+                       metavar=knob.name.upper() if not knob.choices else "{" + ",".join(knob.choices) + "}")
 
 
 def decode_overrides(ns: argparse.Namespace) -> dict[str, Any]:
     """The decoding flags given explicitly on the command line (unset ones are None)."""
-    return {f.name: getattr(ns, f.name) for f in fields(DecodeConfig)
-            if f.name != "extra" and getattr(ns, f.name, None) is not None}
+    return {name: getattr(ns, name) for name in FIELDS if getattr(ns, name, None) is not None}
 
 
 def decode_config_from_args(ns: argparse.Namespace) -> DecodeConfig:

@@ -10,19 +10,31 @@ from ..config import MAX_LENGTH, MAX_SEED
 from ..errors import ConfigError
 from ..eval.methods import EMBEDDED_DEFAULTS, EMBEDDED_PARALLEL
 from ..flags import add_decode_args, add_model_args, decode_overrides, float_in, int_in
+from ..rules import RULES
 from .ladder import DEFAULT_GEN_LENGTHS, DEFAULT_METHODS
 
 
-def cmd_frontier(ns: argparse.Namespace, task_options: dict[str, Any]) -> int:
+def _run_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    """What the ladder and the frontier both take from the flags (:class:`~dpad.bench.runner.RunSettings`)."""
+    if ns.problem_seed is not None and ns.task != "arith":
+        raise ConfigError(f"--problem-seed is an arith option (the task is {ns.task!r})")
+    task_options: dict[str, Any] = {k: v for k, v in {
+        "data": ns.data, "train_data": ns.train_data, "num_fewshot": ns.num_fewshot, "chat": ns.chat,
+        "problem_seed": ns.problem_seed}.items() if v is not None}
+    return dict(task=ns.task, task_options=task_options, model=ns.model, revision=ns.revision, device=ns.device,
+                dtype=ns.dtype, threads=ns.threads, compile=ns.compile, preset=ns.preset,
+                overrides=decode_overrides(ns))
+
+
+def cmd_frontier(ns: argparse.Namespace) -> int:
     from ..eval.env import command_from_namespace
     from .frontier import DEFAULT_SWEEP, FrontierSettings, parse_sweep, run_frontier, text_table
 
-    overrides = decode_overrides(ns)
     sweep = parse_sweep(ns.sweep) if ns.sweep else {k: list(v) for k, v in DEFAULT_SWEEP.items()}
     settings = FrontierSettings(
-        sweep=sweep, base_method=ns.base_method, n=300 if ns.n is None else ns.n, batch_size=ns.batch_size,
-        vanilla=not ns.no_vanilla, vanilla_n=ns.vanilla_n, vanilla_records=ns.vanilla_records, task=ns.task, task_options=task_options, model=ns.model,
-        device=ns.device, dtype=ns.dtype, threads=ns.threads, overrides=overrides,
+        **_run_settings(ns), sweep=sweep, base_method=ns.base_method, n=300 if ns.n is None else ns.n,
+        batch_size=ns.batch_size, vanilla=not ns.no_vanilla, vanilla_n=ns.vanilla_n,
+        vanilla_records=ns.vanilla_records,
         guard_base={"threshold": ns.guard_threshold, "dependency_distance": ns.guard_distance})
     result = run_frontier(settings, ns.out or "benchmarks/results/frontier", resume=ns.resume,
                           overwrite=ns.overwrite, progress=not ns.no_progress, plot=not ns.no_plot,
@@ -33,27 +45,19 @@ def cmd_frontier(ns: argparse.Namespace, task_options: dict[str, Any]) -> int:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
+    from ..eval.env import command_from_namespace
     from .ladder import LadderSettings, run_ladder, text_table
 
-    task_options: dict[str, Any] = {k: v for k, v in {
-        "data": ns.data, "train_data": ns.train_data, "num_fewshot": ns.num_fewshot, "chat": ns.chat,
-        "problem_seed": ns.problem_seed}.items() if v is not None}
-    if ns.problem_seed is not None and ns.task != "arith":
-        raise ConfigError(f"--problem-seed is an arith option (the task is {ns.task!r})")
     if ns.frontier:
-        return cmd_frontier(ns, task_options)
+        return cmd_frontier(ns)
     settings = LadderSettings(
-        methods=list(ns.methods), gen_lengths=list(ns.gen_lengths), n=10 if ns.n is None else ns.n,
-        accuracy_n=ns.accuracy_n,
-        accuracy_baseline_gen=ns.accuracy_baseline_gen,
+        **_run_settings(ns), methods=list(ns.methods), gen_lengths=list(ns.gen_lengths),
+        n=10 if ns.n is None else ns.n, accuracy_n=ns.accuracy_n, accuracy_baseline_gen=ns.accuracy_baseline_gen,
         accuracy_methods=list(ns.accuracy_methods) if ns.accuracy_methods else None,
-        accuracy_batch_size=ns.accuracy_batch_size, task=ns.task, task_options=task_options, model=ns.model,
-        revision=ns.revision, device=ns.device, dtype=ns.dtype, threads=ns.threads, preset=ns.preset, overrides=decode_overrides(ns),
-        compile=ns.compile)
-    from ..eval.env import command_from_namespace
-
-    result = run_ladder(settings, ns.out or "benchmarks/results/ladder", resume=ns.resume, overwrite=ns.overwrite, progress=not ns.no_progress,
-                        plot=not ns.no_plot, command=command_from_namespace(ns._parser, ns, "dpad bench"))
+        accuracy_batch_size=ns.accuracy_batch_size)
+    result = run_ladder(settings, ns.out or "benchmarks/results/ladder", resume=ns.resume, overwrite=ns.overwrite,
+                        progress=not ns.no_progress, plot=not ns.no_plot,
+                        command=command_from_namespace(ns._parser, ns, "dpad bench"))
     print(text_table(result))
     for t in result["targets"]:
         mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
@@ -61,6 +65,17 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         print(f"target: {t['name']}: >= {t['target']:g}, measured {val} ({mark})")
     print("files: " + ", ".join(v for v in result["files"].values() if Path(v).exists()))
     return 0
+
+
+def _default_sweep() -> str:
+    from .frontier import DEFAULT_SWEEP
+
+    return " ".join(f"{k}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
+                    for k, vs in DEFAULT_SWEEP.items())
+
+
+def _rule_names() -> str:
+    return ", ".join(f"{s.short} ({s.name})" if s.short != s.name else s.name for s in RULES.values())
 
 
 def register(sub: Any) -> None:
@@ -105,9 +120,8 @@ def register(sub: Any) -> None:
                    help="the accuracy-speed frontier instead of the ladder: every parallel rule over a sweep of its "
                         "knob on --base-method, same problems for every point, vanilla as a point")
     f.add_argument("--sweep", nargs="+", default=None, metavar="RULE=V,V",
-                   help="rules and knob values (default: threshold=0.9,0.95,0.99,0.999 factor=1,0.25,0.05 "
-                        "eb=0.3,0.1,0.03,0.01 guard=0.95,0.99,never); rules: threshold, factor, eb (entropy bound, "
-                        "nats), guard (dependency guard's strict bound on --guard-threshold)")
+                   help=f"rules and knob values (default: {_default_sweep()}); rules: {_rule_names()}, "
+                        "guard (the dependency guard's strict bound on --guard-threshold, or never)")
     f.add_argument("--base-method", default="parallel+prefix+dpad",
                    help="method every rule runs on (default parallel+prefix+dpad)")
     f.add_argument("--guard-threshold", type=float_in(0, 1), default=0.9, help="guard: the base threshold (default 0.9)")

@@ -26,7 +26,8 @@ subset), its latency is measured on that subset.
 by problem id) instead of decoding those problems again; the et job then runs only on the others.
 
 Each finished batch appends its records to ``PREFIX.records.jsonl`` and rewrites ``PREFIX.json`` /
-``PREFIX.md``; ``--resume`` skips finished batches. The PNG is drawn at the end.
+``PREFIX.md``; ``--resume`` skips finished batches. The PNG is drawn at the end. Files, resume,
+model loading (revision, compile, threads) and warm-up are the ladder's too: :mod:`dpad.bench.runner`.
 """
 
 from __future__ import annotations
@@ -34,19 +35,21 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .ladder import _check_resume, _f, _read_records
+from ..rules import RULES as RULE_SPECS
+from ..rules import rule_fields
+from .runner import BenchRun, RunSettings, fmt, mean, read_records
 
 __all__ = ["DEFAULT_SWEEP", "RULES", "FrontierSettings", "build_result", "markdown", "parse_sweep", "run_frontier",
            "text_table"]
 
-RULES: dict[str, str] = {"threshold": "threshold", "factor": "factor", "eb": "entropy_bound",
-                         "guard": "dependency_threshold"}
-"""Rule name -> the DecodeConfig field its knob sets."""
+RULES: dict[str, str] = {**{s.short: s.name for s in RULE_SPECS.values()}, "guard": "dependency_threshold"}
+"""Sweep name -> the DecodeConfig field its knob sets: every registered rule (:data:`dpad.rules.RULES`)
+by its short name, and ``guard``, the dependency guard's strict bound."""
 
 DEFAULT_SWEEP: dict[str, list[Any]] = {
     "threshold": [0.9, 0.95, 0.99, 0.999],
@@ -54,7 +57,7 @@ DEFAULT_SWEEP: dict[str, list[Any]] = {
     "eb": [0.3, 0.1, 0.03, 0.01],
     "guard": [0.95, 0.99, "never"],
 }
-_RULE_FIELDS = ("threshold", "factor", "entropy_bound", "dependency_distance", "dependency_threshold")
+_RULE_FIELDS = rule_fields()
 
 
 def parse_sweep(specs: Sequence[str]) -> dict[str, list[Any]]:
@@ -79,8 +82,9 @@ def parse_sweep(specs: Sequence[str]) -> dict[str, list[Any]]:
 
 
 @dataclass
-class FrontierSettings:
-    """What a frontier run measures; stored in the JSON and checked by ``--resume``."""
+class FrontierSettings(RunSettings):
+    """What a frontier run measures (besides the model, task and decoding of :class:`RunSettings`);
+    stored in the JSON and checked by ``--resume``."""
 
     sweep: dict[str, list[Any]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SWEEP.items()})
     base_method: str = "parallel+prefix+dpad"
@@ -90,20 +94,13 @@ class FrontierSettings:
     vanilla: bool = True
     vanilla_n: int = 32
     vanilla_records: str | None = None
-    task: str = "arith"
-    task_options: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    threads: int = 2
-    overrides: dict[str, Any] = field(default_factory=dict)
 
-    RESUME_KEYS = ("base_method", "guard_base", "n", "batch_size", "task", "task_options", "model", "dtype",
-                   "overrides")
+    RESUME_KEYS = (*RunSettings.RESUME_KEYS, "base_method", "guard_base", "n", "batch_size")
 
     def validate(self) -> None:
         from ..eval.methods import canonical_method
 
+        super().validate()
         self.base_method = canonical_method(self.base_method)
         if self.n < 1 or self.batch_size < 1:
             raise ConfigError("--n and --batch-size must be >= 1")
@@ -134,24 +131,17 @@ class FrontierSettings:
                 out.append((f"{rule}={v:g}" if isinstance(v, float) else f"{rule}={v}", rule, v, fields_))
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # --------------------------------------------------------------------------- aggregation
-
-
-def _mean(xs: Sequence[float]) -> float | None:
-    return float(sum(xs) / len(xs)) if xs else None
 
 
 def _row(label: str, rule: str, value: Any, recs: Sequence[dict[str, Any]], base: dict[int, bool]) -> dict[str, Any]:
     lat = [float(r["latency_s"]) for r in recs]
     toks = [int(r["response_tokens"]) for r in recs]
     row: dict[str, Any] = {"point": label, "rule": rule, "value": value, "method": recs[0]["method"],
-                           "n": len(recs), "accuracy": _mean([float(r["correct"]) for r in recs]),
-                           "nfe": _mean([int(r["nfe"]) for r in recs]), "latency_s": _mean(lat),
-                           "tok_s": sum(toks) / sum(lat) if sum(lat) > 0 else None, "response_tokens": _mean(toks)}
+                           "n": len(recs), "accuracy": mean([float(r["correct"]) for r in recs]),
+                           "nfe": mean([int(r["nfe"]) for r in recs]), "latency_s": mean(lat),
+                           "tok_s": sum(toks) / sum(lat) if sum(lat) > 0 else None, "response_tokens": mean(toks)}
     same = [r for r in recs if int(r["index"]) in base]
     if same:
         mine = sum(float(r["correct"]) for r in same) / len(same)
@@ -186,18 +176,18 @@ def build_result(settings: FrontierSettings, records: Sequence[dict[str, Any]], 
             sources[r.get("measured_as", "et")] = sources.get(r.get("measured_as", "et"), 0) + 1
         et_only = [r for r in et if r.get("measured_as", "et") == "et"]
         vanilla_row.update(method="vanilla", accuracy_measured_as=", ".join(f"{k} on {v}" for k, v in sources.items()),
-                           et_nfe=_mean([int(r["nfe"]) for r in et_only]),
-                           et_latency_s=_mean([float(r["latency_s"]) for r in et_only]), nfe=float(gen),
+                           et_nfe=mean([int(r["nfe"]) for r in et_only]),
+                           et_latency_s=mean([float(r["latency_s"]) for r in et_only]), nfe=float(gen),
                            nfe_source="exact (gen_length forwards: one token per step)", latency_s=None, tok_s=None, direct_n=len(direct))
         itself = [r for r in et if r.get("measured_as", "et") != "et"]
         if itself and not direct:
-            vanilla_row.update(latency_s=_mean([float(r["latency_s"]) for r in itself]),
+            vanilla_row.update(latency_s=mean([float(r["latency_s"]) for r in itself]),
                                latency_source=f"vanilla itself on {len(itself)} problems (imported)")
         if direct:
             vanilla_row.update(
-                latency_s=_mean([float(r["latency_s"]) for r in direct]),
-                direct_nfe=_mean([int(r["nfe"]) for r in direct]),
-                direct_accuracy=_mean([float(r["correct"]) for r in direct]),
+                latency_s=mean([float(r["latency_s"]) for r in direct]),
+                direct_nfe=mean([int(r["nfe"]) for r in direct]),
+                direct_accuracy=mean([float(r["correct"]) for r in direct]),
                 direct_identical_to_et=sum(1 for r in direct if int(r["index"]) in et_by
                                            and r["output"] == et_by[int(r["index"])]["output"]),
                 latency_source=f"vanilla itself on the first {len(direct)} problems")
@@ -241,8 +231,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
     if r.get("delta_n") is not None and r.get("delta_n") != r["n"]:
         d += f" (on {r['delta_n']})"
     label = r["point"] + (f" (accuracy: {r['accuracy_measured_as']})" if r["rule"] == "vanilla" else "")
-    return [label, r["method"], str(r["n"]), acc, d, _f(r.get("nfe"), ".2f"), _f(r.get("latency_s"), ".3f"),
-            _f(r.get("tok_s"), ".1f")]
+    return [label, r["method"], str(r["n"]), acc, d, fmt(r.get("nfe"), ".2f"), fmt(r.get("latency_s"), ".3f"),
+            fmt(r.get("tok_s"), ".1f")]
 
 
 def _partial_note(result: dict[str, Any]) -> str:
@@ -267,10 +257,10 @@ def markdown(result: dict[str, Any]) -> str:
     v = next((r for r in result["rows"] if r["rule"] == "vanilla"), None)
     if v:
         lines += ["", f"Vanilla: accuracy {100 * v['accuracy']:.1f}% on {v['n']} problems ({v['accuracy_measured_as']}; "
-                      f"et: {_f(v.get('et_nfe'), '.1f')} NFE/sample, {_f(v.get('et_latency_s'), '.3f')} s); "
+                      f"et: {fmt(v.get('et_nfe'), '.1f')} NFE/sample, {fmt(v.get('et_latency_s'), '.3f')} s); "
                       f"NFE {v['nfe']:.0f} = gen_length"
-                      + (f"; vanilla itself on the first {v['direct_n']} problems: NFE {_f(v.get('direct_nfe'), '.1f')}, "
-                         f"latency {_f(v.get('latency_s'), '.3f')} s, accuracy {100 * v['direct_accuracy']:.1f}%, "
+                      + (f"; vanilla itself on the first {v['direct_n']} problems: NFE {fmt(v.get('direct_nfe'), '.1f')}, "
+                         f"latency {fmt(v.get('latency_s'), '.3f')} s, accuracy {100 * v['direct_accuracy']:.1f}%, "
                          f"{v.get('direct_identical_to_et')}/{v['direct_n']} outputs identical to et's"
                          if v.get("direct_n") else "") + "."]
     sel = result.get("selected")
@@ -305,47 +295,27 @@ def run_frontier(settings: FrontierSettings, out_prefix: str | Path, *, resume: 
     ``only``: run just these points (labels such as ``eb=0.1``, ``vanilla``, ``vanilla-direct``);
     several such processes may append to one records file, and a last ``--resume`` run without
     ``only`` finds everything done and writes the complete JSON, Markdown and PNG."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..api import generate, load
-    from ..eval.env import collect_env, command_line
-    from ..eval.methods import model_family, resolve_config
-    from ..eval.runner import dump_json
     from ..eval.tasks import get_task
-    from ..models import read_config
     from .plot import plot_frontier
 
-    settings.validate()
-    prefix = Path(out_prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    paths = {k: prefix.with_name(prefix.name + ext) for k, ext in
-             (("json", ".json"), ("md", ".md"), ("png", ".png"), ("records", ".records.jsonl"))}
-    if paths["records"].exists() and not resume:
-        if not overwrite:
-            raise ConfigError(f"{paths['records']} exists: pass --resume to continue that run or --overwrite")
-        for p in paths.values():
-            p.unlink(missing_ok=True)
-    if resume:
-        _check_resume(settings, paths["json"])
-    records = _read_records(paths["records"]) if resume else []
-    done = {(r["point"], int(r["index"])) for r in records}
+    configs: dict[str, Any] = {}
 
-    family = model_family(settings.model, read_config(settings.model) if settings.model else None)
+    def build(records: list[dict[str, Any]], env: dict[str, Any], cmd: str, complete: bool) -> dict[str, Any]:
+        return build_result(settings, records, env=env, command=cmd, configs=configs, complete=complete)
+
+    run = BenchRun(settings, out_prefix, key=lambda r: (r["point"], int(r["index"])), build=build,
+                   markdown=markdown, plot=plot_frontier if plot else None, resume=resume, overwrite=overwrite,
+                   command=command)
     task = get_task(settings.task, **settings.task_options)
-
-    def resolve(method: str, fields_: dict[str, Any] | None = None) -> Any:
-        _, cfg = resolve_config(method, family=family, task=settings.task, overrides=settings.overrides)
-        return cfg.replace(**fields_) if fields_ else cfg
 
     jobs: list[tuple[str, str, Any, Any, int]] = []  # (label, rule, value, cfg, n)
     for label, rule, value, fields_ in settings.points():
-        jobs.append((label, rule, value, resolve(settings.base_method, fields_), settings.n))
+        jobs.append((label, rule, value, run.resolve(settings.base_method).replace(**fields_), settings.n))
     if settings.vanilla:
-        jobs.append(("vanilla", "vanilla", None, resolve("et"), settings.n))
+        jobs.append(("vanilla", "vanilla", None, run.resolve("et"), settings.n))
         if settings.vanilla_n:
-            jobs.append(("vanilla-direct", "vanilla", None, resolve("vanilla"), settings.vanilla_n))
-    configs = {label: cfg.to_dict() for label, _, _, cfg, _ in jobs}  # every config valid before loading
+            jobs.append(("vanilla-direct", "vanilla", None, run.resolve("vanilla"), settings.vanilla_n))
+    configs.update({label: cfg.to_dict() for label, _, _, cfg, _ in jobs})  # every config valid before loading
     if only:
         unknown = sorted(set(only) - set(configs))
         if unknown:
@@ -355,84 +325,79 @@ def run_frontier(settings: FrontierSettings, out_prefix: str | Path, *, resume: 
     samples = task.samples(settings.n)
     if len(samples) < settings.n:
         raise ConfigError(f"the task has only {len(samples)} problems (asked for --n {settings.n})")
-    if settings.vanilla_records and settings.vanilla:
-        src = Path(settings.vanilla_records)
-        if not src.exists():
-            raise ConfigError(f"--vanilla-records {src}: no such file")
-        gen = int(settings.overrides.get("gen_length", 256))
-        theirs = {r["id"]: r for r in _read_records(src)
-                  if r.get("method") == "vanilla" and r.get("phase", "accuracy") == "accuracy"
-                  and r.get("point", "vanilla-direct") == "vanilla-direct" and int(r.get("gen_length", gen)) == gen}
-        imported = 0
-        for smp in samples:
-            r = theirs.get(smp.id)
-            if r is None or ("vanilla", smp.index) in done:
-                continue
-            sc = task.score(smp, r.get("output") or "")
-            rec = {"point": "vanilla", "rule": "vanilla", "value": None, "method": "vanilla",
-                   "measured_as": f"vanilla itself (imported from {src.name})", "index": smp.index, "id": smp.id,
-                   "correct": bool(sc["correct"]), "extracted": sc.get("extracted"), "nfe": int(r["nfe"]),
-                   "response_tokens": int(r["response_tokens"]), "latency_s": float(r["latency_s"]),
-                   "batch_size": r.get("batch_size"), "output": r.get("output")}
-            records.append(rec)
-            done.add(("vanilla", smp.index))
-            imported += 1
-        with open(paths["records"], "a", encoding="utf-8") as fh:
-            for rec in records[len(records) - imported:]:
-                fh.write(json.dumps(rec) + "\n")
-        log(f"[frontier] imported vanilla's own records for {imported} problems from {src}")
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    lm = load(settings.model, device=settings.device, dtype=settings.dtype)
-    env = collect_env(lm.model.device, next(lm.model.parameters()).dtype)
-    cmd = command or command_line()
-
-    def save(complete: bool = False) -> dict[str, Any]:
-        result = build_result(settings, records, env=env, command=cmd, configs=configs, complete=complete)
-        result["files"] = {k: str(v) for k, v in paths.items()}
-        dump_json(paths["json"], result)
-        paths["md"].write_text(markdown(result))
-        return result
-
-    # untimed warm-up of every code path that has work left
-    jobs = [j for j in jobs if any((j[0], s.index) not in done for s in samples[:j[4]])]
-    for _, _, _, cfg, _ in jobs:
-        generate(lm, [samples[0].prompt], cfg.replace(gen_length=cfg.block_length, steps=None), chat=task.chat)
-    with open(paths["records"], "a", encoding="utf-8") as fh:
-        for label, rule, value, cfg, n in jobs:
-            todo = [samples[i:min(i + settings.batch_size, n)] for i in range(0, n, settings.batch_size)]
-            todo = [[s for s in c if (label, s.index) not in done] for c in todo]
-            todo = [c for c in todo if c]
-            with tqdm(total=len(todo), desc=label, disable=not progress, dynamic_ncols=True, unit="batch") as bar:
-                for chunk in todo:
-                    t0 = time.perf_counter()
-                    gens = generate(lm, [s.prompt for s in chunk], cfg, chat=task.chat, batch_size=settings.batch_size)
-                    per = (time.perf_counter() - t0) / len(chunk)
-                    for s, g in zip(chunk, gens, strict=True):
-                        sc = task.score(s, g.text or "")
-                        rec = {"point": label, "rule": rule, "value": value, "method": cfg.method_name()
-                               if rule != "vanilla" else ("et" if label == "vanilla" else "vanilla"),
-                               **({"measured_as": "et"} if label == "vanilla" else {}),
-                               "index": s.index, "id": s.id, "correct": bool(sc["correct"]),
-                               "extracted": sc.get("extracted"), "nfe": int(g.stats.get("nfe", 0)),
-                               "response_tokens": int(g.stats.get("response_tokens", 0)), "latency_s": per,
-                               "batch_size": len(chunk), "output": g.text}
-                        records.append(rec)
-                        done.add((label, s.index))
-                        fh.write(json.dumps(rec) + "\n")
-                    fh.flush()
-                    save()
-                    bar.update(1)
-    if only:  # other processes may hold the rest: re-read everything this file has now
-        records[:] = _read_records(paths["records"])
+    run.load()
+    with run:
+        if settings.vanilla_records and settings.vanilla:
+            _import_vanilla(run, task, samples, Path(settings.vanilla_records), log)
+        jobs = [j for j in jobs if any((j[0], s.index) not in run.done for s in samples[:j[4]])]
+        if samples:
+            run.warm_up([cfg for _, _, _, cfg, _ in jobs], samples[0].prompt, task.chat)
+        for job in jobs:
+            _decode_point(run, task, samples, job, progress)
+    if only:  # other processes may hold the rest: take everything this file has now
+        run.reread()
     labels_n = {lb: settings.n for lb, *_ in settings.points()}
     if settings.vanilla:
         labels_n["vanilla"] = settings.n
         if settings.vanilla_n:
             labels_n["vanilla-direct"] = settings.vanilla_n
-    have = {(r["point"], int(r["index"])) for r in records}
-    complete = all((lb, s.index) in have for lb, n in labels_n.items() for s in samples[:n])
-    result = save(complete=complete)
-    if plot:
-        plot_frontier(result, paths["png"])
-    return result
+    complete = all((lb, s.index) in run.done for lb, n in labels_n.items() for s in samples[:n])
+    return run.save(complete=complete, draw=True)
+
+
+def _import_vanilla(run: BenchRun, task: Any, samples: Sequence[Any], src: Path, log: Any) -> None:
+    """Vanilla's own records (a ladder's or a frontier's records file, matched by problem id) as the
+    frontier's vanilla point, rescored with this task."""
+    if not src.exists():
+        raise ConfigError(f"--vanilla-records {src}: no such file")
+    gen = int(run.settings.overrides.get("gen_length", 256))
+    theirs = {r["id"]: r for r in read_records(src)
+              if r.get("method") == "vanilla" and r.get("phase", "accuracy") == "accuracy"
+              and r.get("point", "vanilla-direct") == "vanilla-direct" and int(r.get("gen_length", gen)) == gen}
+    imported = []
+    for smp in samples:
+        r = theirs.get(smp.id)
+        if r is None or ("vanilla", smp.index) in run.done:
+            continue
+        sc = task.score(smp, r.get("output") or "")
+        imported.append({"point": "vanilla", "rule": "vanilla", "value": None, "method": "vanilla",
+                         "measured_as": f"vanilla itself (imported from {src.name})", "index": smp.index,
+                         "id": smp.id, "correct": bool(sc["correct"]), "extracted": sc.get("extracted"),
+                         "nfe": int(r["nfe"]), "response_tokens": int(r["response_tokens"]),
+                         "latency_s": float(r["latency_s"]), "batch_size": r.get("batch_size"),
+                         "output": r.get("output")})
+    if imported:
+        run.add(*imported)
+    log(f"[frontier] imported vanilla's own records for {len(imported)} problems from {src}")
+
+
+def _decode_point(run: BenchRun, task: Any, samples: Sequence[Any], job: tuple[str, str, Any, Any, int],
+                  progress: bool) -> None:
+    """One point on its first ``n`` problems, in the fixed batches of ``batch_size`` rows (finished
+    batches skipped); latency = the batch's wall time / its rows."""
+    from tqdm.auto import tqdm
+
+    from ..api import generate
+
+    label, rule, value, cfg, n = job
+    bs = run.settings.batch_size
+    todo = [[s for s in samples[i:min(i + bs, n)] if (label, s.index) not in run.done] for i in range(0, n, bs)]
+    todo = [c for c in todo if c]
+    method = cfg.method_name() if rule != "vanilla" else ("et" if label == "vanilla" else "vanilla")
+    with tqdm(total=len(todo), desc=label, disable=not progress, dynamic_ncols=True, unit="batch") as bar:
+        for chunk in todo:
+            t0 = time.perf_counter()
+            gens = generate(run.lm, [s.prompt for s in chunk], cfg, chat=task.chat, batch_size=bs)
+            per = (time.perf_counter() - t0) / len(chunk)
+            recs = []
+            for s, g in zip(chunk, gens, strict=True):
+                sc = task.score(s, g.text or "")
+                recs.append({"point": label, "rule": rule, "value": value, "method": method,
+                             **({"measured_as": "et"} if label == "vanilla" else {}),
+                             "index": s.index, "id": s.id, "correct": bool(sc["correct"]),
+                             "extracted": sc.get("extracted"), "nfe": int(g.stats.get("nfe", 0)),
+                             "response_tokens": int(g.stats.get("response_tokens", 0)), "latency_s": per,
+                             "batch_size": len(chunk), "output": g.text})
+            run.add(*recs)
+            run.save()
+            bar.update(1)

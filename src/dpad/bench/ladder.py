@@ -12,21 +12,23 @@ batched (``--accuracy-batch-size``) since they are not timed.
 
 Every finished (problem, method) appends one line to ``PREFIX.records.jsonl`` and rewrites
 ``PREFIX.json`` / ``PREFIX.md``, so an interrupted run leaves its data; ``--resume`` skips the
-records already there. The PNG is drawn at the end of each gen length.
+records already there. The PNG is redrawn after each problem's methods (an interrupted run's shows its
+partial gen length, marked). Files, resume, model loading
+and warm-up are the frontier's too: :mod:`dpad.bench.runner`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, writable_dir
+from ..config import DecodeConfig
+from ..errors import ConfigError
 from ..eval.methods import LADDER, canonical_method
+from .runner import BenchRun, RunSettings, fmt, mean
 
 __all__ = ["DEFAULT_GEN_LENGTHS", "DEFAULT_METHODS", "TARGETS", "LadderSettings", "run_ladder", "build_result",
            "markdown", "text_table"]
@@ -52,8 +54,9 @@ TARGETS: tuple[dict[str, Any], ...] = (
 
 
 @dataclass
-class LadderSettings:
-    """What a ladder run measures; stored in the JSON and checked by ``--resume``."""
+class LadderSettings(RunSettings):
+    """What a ladder run measures (besides the model, task and decoding of :class:`RunSettings`);
+    stored in the JSON and checked by ``--resume``."""
 
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     gen_lengths: list[int] = field(default_factory=lambda: list(DEFAULT_GEN_LENGTHS))
@@ -62,21 +65,12 @@ class LadderSettings:
     accuracy_baseline_gen: int = 256
     accuracy_methods: list[str] | None = None  # None: every non-vanilla method
     accuracy_batch_size: int = 8
-    task: str = "arith"
-    task_options: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    threads: int = 2
-    preset: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    compile: bool = False
 
     # fields that must match for --resume to continue a run (methods/lengths may grow)
-    RESUME_KEYS = ("task", "task_options", "model", "revision", "preset", "overrides", "accuracy_baseline_gen", "dtype")
+    RESUME_KEYS = (*RunSettings.RESUME_KEYS, "accuracy_baseline_gen")
 
     def validate(self) -> None:
+        super().validate()
         if not self.methods:
             raise ConfigError("no methods given")
         self.methods = list(dict.fromkeys(canonical_method(m) for m in self.methods))
@@ -91,20 +85,11 @@ class LadderSettings:
             raise ConfigError("nothing to do: --n 0 and --accuracy-n 0")
         if self.accuracy_batch_size < 1:
             raise ConfigError("--accuracy-batch-size must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError("--threads must be >= 1")
         if "gen_length" in self.overrides:
             raise ConfigError("use --gen-lengths (plural) for the ladder, not --gen-length")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # --------------------------------------------------------------------------- aggregation
-
-
-def _mean(xs: Sequence[float]) -> float | None:
-    return float(sum(xs) / len(xs)) if xs else None
 
 
 def _key(rec: dict[str, Any]) -> tuple[str, int, str, int]:
@@ -121,7 +106,7 @@ def build_result(settings: LadderSettings, records: Sequence[dict[str, Any]], *,
 
     base_key = (settings.accuracy_baseline_gen, "vanilla")
     base_recs = acc.get(base_key, [])
-    base_acc = _mean([float(r["correct"]) for r in base_recs])
+    base_acc = mean([float(r["correct"]) for r in base_recs])
     base_by_index = {int(r["index"]): bool(r["correct"]) for r in base_recs}
 
     rows: list[dict[str, Any]] = []
@@ -137,10 +122,10 @@ def build_result(settings: LadderSettings, records: Sequence[dict[str, Any]], *,
             if sp:
                 lat = [float(r["latency_s"]) for r in sp]
                 toks = [int(r["response_tokens"]) for r in sp]
-                row.update(latency_s=_mean(lat), tok_s=sum(toks) / sum(lat) if sum(lat) > 0 else None,
-                           nfe=_mean([int(r["nfe"]) for r in sp]), response_tokens=_mean(toks),
-                           model_time_s=_mean([float(r.get("model_time_s") or 0.0) for r in sp]),
-                           speed_accuracy=_mean([float(r["correct"]) for r in sp]))
+                row.update(latency_s=mean(lat), tok_s=sum(toks) / sum(lat) if sum(lat) > 0 else None,
+                           nfe=mean([int(r["nfe"]) for r in sp]), response_tokens=mean(toks),
+                           model_time_s=mean([float(r.get("model_time_s") or 0.0) for r in sp]),
+                           speed_accuracy=mean([float(r["correct"]) for r in sp]))
                 common = [i for i in (int(r["index"]) for r in sp) if i in vanilla]
                 if common and m != "vanilla":
                     mine = {int(r["index"]): float(r["latency_s"]) for r in sp}
@@ -154,7 +139,7 @@ def build_result(settings: LadderSettings, records: Sequence[dict[str, Any]], *,
                 else:
                     row["speedup_vs_vanilla"] = None
             if ac:
-                a = _mean([float(r["correct"]) for r in ac])
+                a = mean([float(r["correct"]) for r in ac])
                 row["accuracy"] = a
                 row["accuracy_n"] = len(ac)
                 same = [int(r["index"]) for r in ac if int(r["index"]) in base_by_index]
@@ -209,20 +194,14 @@ def _targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _f(x: Any, fmt: str) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return format(x, fmt)
-
-
 def _row_cells(r: dict[str, Any]) -> list[str]:
     acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}"
     if r.get("accuracy") is not None and r.get("accuracy_n") != r.get("n"):
         acc += f" (n={r.get('accuracy_n')})"
     delta = "-" if r.get("accuracy_delta_points") is None else f"{r['accuracy_delta_points']:+.1f}"
     sp = "-" if r.get("speedup_vs_vanilla") is None else f"{r['speedup_vs_vanilla']:.2f}x"
-    return [str(r["gen_length"]), r["method"], str(r.get("n", 0)), _f(r.get("latency_s"), ".3f"),
-            _f(r.get("tok_s"), ".1f"), _f(r.get("nfe"), ".1f"), acc, delta, sp]
+    return [str(r["gen_length"]), r["method"], str(r.get("n", 0)), fmt(r.get("latency_s"), ".3f"),
+            fmt(r.get("tok_s"), ".1f"), fmt(r.get("nfe"), ".1f"), acc, delta, sp]
 
 
 _HEAD = ["gen", "method", "n", "latency (s)", "tok/s", "NFE", "accuracy (%)", "Δacc (pts)", "speed-up"]
@@ -249,7 +228,7 @@ def markdown(result: dict[str, Any]) -> str:
         "*dpad implies early termination.* Speed-up = vanilla latency / method latency at the same gen "
         "length in the same run. tok/s counts response tokens only (prompt and EOS padding excluded). "
         + (f"Accuracy: {base['n']} problems per method; Δacc vs vanilla at gen {base['gen_length']} "
-           f"({_f(None if base['accuracy'] is None else 100 * base['accuracy'], '.1f')}%) on the same problems."
+           f"({fmt(None if base['accuracy'] is None else 100 * base['accuracy'], '.1f')}%) on the same problems."
            if base["n"] else "Accuracy: on the speed problems."),
         "",
         "Targets:",
@@ -257,7 +236,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for t in result["targets"]:
         mark = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-        lines.append(f"- {t['name']}: target {t['target']:g}, measured {_f(t['value'], '.2f')} ({mark})")
+        lines.append(f"- {t['name']}: target {t['target']:g}, measured {fmt(t['value'], '.2f')} ({mark})")
     return "\n".join(lines) + "\n"
 
 
@@ -273,69 +252,22 @@ def text_table(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- running
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    recs: list[dict[str, Any]] = []
-    if not path.exists():
-        return recs
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                recs.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by an interruption
-                continue
-    return recs
-
-
-def _check_resume(settings: Any, json_path: Path) -> None:
-    """Refuse to continue a run recorded with other ``settings.RESUME_KEYS`` (ladder and frontier)."""
-    if not json_path.exists():
-        return
-    try:
-        old = json.loads(json_path.read_text()).get("settings", {})
-    except json.JSONDecodeError:
-        return
-    new = settings.to_dict()
-    diff = [k for k in type(settings).RESUME_KEYS if k in old and old[k] != new[k]]
-    if diff:
-        raise ConfigError(f"--resume: {json_path} was made with different {', '.join(diff)} "
-                          f"({', '.join(f'{k}={old[k]!r}' for k in diff)}); use another --out or --overwrite")
-
-
 def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool = False,
                overwrite: bool = False, progress: bool = True, command: str | None = None,
                plot: bool = True, log: Any = print) -> dict[str, Any]:
     """Run (or continue) a ladder; returns the final result dict (also written to disk)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..api import generate, load
-    from ..eval.env import collect_env, command_line
-    from ..eval.methods import model_family, resolve_config
-    from ..eval.runner import dump_json, evaluate, model_generate_fn, sandbox_used
+    from ..eval.runner import sandbox_used
     from ..eval.tasks import get_task
-    from ..models import read_config
     from .plot import plot_ladder
 
-    settings.validate()
-    prefix = Path(out_prefix)
-    writable_dir(prefix.parent)
-    paths = {"json": prefix.with_name(prefix.name + ".json"), "md": prefix.with_name(prefix.name + ".md"),
-             "png": prefix.with_name(prefix.name + ".png"),
-             "records": prefix.with_name(prefix.name + ".records.jsonl")}
-    if paths["records"].exists() and not resume:
-        if not overwrite:
-            raise ConfigError(f"{paths['records']} exists: pass --resume to continue that run or "
-                              "--overwrite to start over")
-        for p in paths.values():
-            p.unlink(missing_ok=True)
-    if resume:
-        _check_resume(settings, paths["json"])
-    records = _read_records(paths["records"]) if resume else []
-    done = {_key(r) for r in records}
+    configs: dict[str, DecodeConfig] = {}
 
+    def build(records: list[dict[str, Any]], env: dict[str, Any], cmd: str, complete: bool) -> dict[str, Any]:
+        return build_result(settings, records, env=env, command=cmd, complete=complete,
+                            configs={k: v.to_dict() for k, v in configs.items()})
+
+    run = BenchRun(settings, out_prefix, key=_key, build=build, markdown=markdown, plot=plot_ladder if plot else None,
+                   resume=resume, overwrite=overwrite, command=command)
     task = get_task(settings.task, **settings.task_options)
     n_problems = max(settings.n, settings.accuracy_n)
     samples = task.samples(n_problems)
@@ -343,105 +275,81 @@ def run_ladder(settings: LadderSettings, out_prefix: str | Path, *, resume: bool
     if len(samples) < n_problems:
         log(f"[bench] only {len(samples)} problems available (asked for {n_problems})")
 
-    family = model_family(settings.model, read_config(settings.model, settings.revision) if settings.model else None)
-    configs: dict[str, Any] = {}
-
-    def config_for(method: str, L: int) -> Any:
+    def config_for(method: str, L: int) -> DecodeConfig:
         key = f"{method}@{L}"
         if key not in configs:
-            _, cfg = resolve_config(method, preset_name=settings.preset, family=family, task=settings.task,
-                                    overrides={**settings.overrides, "gen_length": L})
-            configs[key] = cfg
+            configs[key] = run.resolve(method, gen_length=L)
         return configs[key]
 
-    acc_methods = settings.accuracy_methods or [m for m in settings.methods if m != "vanilla"]
     for L in settings.gen_lengths:  # validate every config before the model loads
         for m in settings.methods:
             config_for(m, L)
     if settings.accuracy_n:
         config_for("vanilla", settings.accuracy_baseline_gen)
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    lm = load(settings.model, device=settings.device, dtype=settings.dtype, revision=settings.revision,
-              compile=settings.compile)
-    env = collect_env(lm.model.device, next(lm.model.parameters()).dtype)
-    env["interop_threads"] = torch.get_num_interop_threads()
-    cmd = command or command_line()
-    rec_fh = open(paths["records"], "a", encoding="utf-8")
-
-    def save(complete: bool = False, draw: bool = False) -> dict[str, Any]:
-        result = build_result(settings, records, env=env, command=cmd,
-                              configs={k: v.to_dict() for k, v in configs.items()}, complete=complete)
-        result["sandbox"] = sandbox
-        result["files"] = {k: str(v) for k, v in paths.items()}
-        dump_json(paths["json"], result)
-        paths["md"].write_text(markdown(result))
-        if draw and plot:
-            plot_ladder(result, paths["png"])
-        return result
-
-    def add(rec: dict[str, Any]) -> None:
-        records.append(rec)
-        done.add(_key(rec))
-        rec_fh.write(json.dumps(rec) + "\n")
-        rec_fh.flush()
-
-    try:
-        # untimed warm-up of every code path (first-call overheads stay out of the timings)
+    run.load()
+    with run:
         if samples:
-            for m in settings.methods:
-                cfg = config_for(m, settings.gen_lengths[0])
-                generate(lm, samples[0].prompt, cfg.replace(gen_length=cfg.block_length, steps=None),
-                         chat=task.chat)
-
-        speed_samples = samples[: settings.n]
+            run.warm_up([config_for(m, settings.gen_lengths[0]) for m in settings.methods], samples[0].prompt,
+                        task.chat)
         for L in settings.gen_lengths:
-            total = len(speed_samples) * len(settings.methods)
-            left = sum(("speed", L, m, s.index) not in done for s in speed_samples for m in settings.methods)
-            with tqdm(total=total, initial=total - left, desc=f"speed gen {L}", disable=not progress,
-                      dynamic_ncols=True, unit="run") as bar:
-                for i, s in enumerate(speed_samples):
-                    k = i % len(settings.methods)
-                    order = settings.methods[k:] + settings.methods[:k]
-                    for m in order:
-                        if ("speed", L, m, s.index) in done:
-                            continue
-                        bar.set_postfix_str(m)
-                        cfg = config_for(m, L)
-                        t0 = time.perf_counter()
-                        g = generate(lm, s.prompt, cfg, chat=task.chat)
-                        lat = time.perf_counter() - t0
-                        sc = task.score(s, g.text or "")
-                        add({"phase": "speed", "gen_length": L, "method": m, "index": s.index, "id": s.id,
-                             "latency_s": lat, "model_time_s": g.stats.get("model_time_s"),
-                             "response_tokens": g.stats.get("response_tokens", 0), "nfe": g.stats.get("nfe", 0),
-                             "stopped_early": g.stats.get("stopped_early"), "correct": bool(sc["correct"]),
-                             "extracted": sc.get("extracted"), "output": g.text})
-                        save()
-                        bar.update(1)
-            save(draw=True)
-
+            _speed_phase(run, task, samples[: settings.n], L, config_for, progress, sandbox)
+            run.save(draw=True, sandbox=sandbox)
         if settings.accuracy_n:
-            acc_samples = samples[: settings.accuracy_n]
-            gen_fn = model_generate_fn(lm, chat=task.chat, batch_size=settings.accuracy_batch_size)
-            jobs = [(settings.accuracy_baseline_gen, "vanilla")] + [
-                (L, m) for L in settings.gen_lengths for m in acc_methods]
-            for L, m in jobs:
-                todo_s = [s for s in acc_samples if ("accuracy", L, m, s.index) not in done]
-                if not todo_s:
-                    continue
-                cfg = config_for(m, L)
+            _accuracy_phase(run, task, samples[: settings.accuracy_n], config_for, progress, sandbox)
+        return run.save(complete=True, draw=True, sandbox=sandbox)
 
-                def on_record(r: dict[str, Any], L: int = L, m: str = m) -> None:
-                    add({"phase": "accuracy", "gen_length": L, "method": m, "index": r["index"], "id": r["id"],
-                         "latency_s": r["latency_s"], "response_tokens": r["response_tokens"], "nfe": r["nfe"],
-                         "correct": r["correct"], "extracted": r.get("extracted"), "output": r["output"]})
-                    save()
 
-                evaluate(task, todo_s, cfg, gen_fn, batch_size=settings.accuracy_batch_size, progress=progress,
-                         desc=f"accuracy {m} gen {L}", on_record=on_record)
-        result = save(complete=True, draw=True)
-    finally:
-        rec_fh.close()
-    return result
+def _speed_phase(run: BenchRun, task: Any, samples: Sequence[Any], L: int, config_for: Any, progress: bool,
+                 sandbox: Any) -> None:
+    """Batch 1, one run: problem i decodes every method, the starting method rotating with i."""
+    from tqdm.auto import tqdm
+
+    from ..api import generate
+
+    methods = run.settings.methods
+    total = len(samples) * len(methods)
+    left = sum(("speed", L, m, s.index) not in run.done for s in samples for m in methods)
+    with tqdm(total=total, initial=total - left, desc=f"speed gen {L}", disable=not progress,
+              dynamic_ncols=True, unit="run") as bar:
+        for i, s in enumerate(samples):
+            k = i % len(methods)
+            todo = [m for m in methods[k:] + methods[:k] if ("speed", L, m, s.index) not in run.done]
+            for m in todo:
+                bar.set_postfix_str(m)
+                t0 = time.perf_counter()
+                g = generate(run.lm, s.prompt, config_for(m, L), chat=task.chat)
+                lat = time.perf_counter() - t0
+                sc = task.score(s, g.text or "")
+                run.add({"phase": "speed", "gen_length": L, "method": m, "index": s.index, "id": s.id,
+                         "latency_s": lat, "model_time_s": g.stats.get("model_time_s"),
+                         "response_tokens": g.stats.get("response_tokens", 0), "nfe": g.stats.get("nfe", 0),
+                         "stopped_early": g.stats.get("stopped_early"), "correct": bool(sc["correct"]),
+                         "extracted": sc.get("extracted"), "output": g.text})
+                run.save(sandbox=sandbox, draw=m == todo[-1])  # the PNG after each problem's last method
+                bar.update(1)
+
+
+def _accuracy_phase(run: BenchRun, task: Any, samples: Sequence[Any], config_for: Any, progress: bool,
+                    sandbox: Any) -> None:
+    """Untimed (batched) accuracy runs: vanilla at the baseline gen length, then every accuracy method
+    at every gen length."""
+    from ..eval.runner import evaluate, model_generate_fn
+
+    s_ = run.settings
+    acc_methods = s_.accuracy_methods or [m for m in s_.methods if m != "vanilla"]
+    gen_fn = model_generate_fn(run.lm, chat=task.chat, batch_size=s_.accuracy_batch_size)
+    jobs = [(s_.accuracy_baseline_gen, "vanilla")] + [(L, m) for L in s_.gen_lengths for m in acc_methods]
+    for L, m in jobs:
+        todo = [s for s in samples if ("accuracy", L, m, s.index) not in run.done]
+        if not todo:
+            continue
+
+        def on_record(r: dict[str, Any], L: int = L, m: str = m) -> None:
+            run.add({"phase": "accuracy", "gen_length": L, "method": m, "index": r["index"], "id": r["id"],
+                     "latency_s": r["latency_s"], "response_tokens": r["response_tokens"], "nfe": r["nfe"],
+                     "correct": r["correct"], "extracted": r.get("extracted"), "output": r["output"]})
+            run.save(sandbox=sandbox)
+
+        evaluate(task, todo, config_for(m, L), gen_fn, batch_size=s_.accuracy_batch_size, progress=progress,
+                 desc=f"accuracy {m} gen {L}", on_record=on_record)

@@ -17,11 +17,12 @@ Model arguments (``--model_args k=v,...``):
   ``device`` (``auto``), ``dtype`` (``auto``), ``threads``, ``compile`` (torch.compile the forward);
 * ``method``: a ladder method (``vanilla``, ``dpad``, ``parallel+prefix+dpad``, ...; the
   model family's published W/k/a) and/or ``preset`` (a :data:`dpad.config.PRESETS` name);
-* every :class:`~dpad.config.DecodeConfig` field: ``gen_length``, ``block_length``, ``steps``,
-  ``threshold``, ``factor``, ``confidence``, ``schedule``, ``temperature``, ``top_p``, ``top_k``,
-  ``alg_temp``, ``cfg_scale``, ``eps``, ``suffix``, ``window`` (``W``), ``sigma`` (``k``), ``scale``
-  (``a``), ``uniform_keep``, ``cache``, ``early_termination``, ``seed``, ``compat``; they override
-  the method/preset;
+* every :class:`~dpad.config.DecodeConfig` field (:data:`dpad.config.FIELDS`: ``gen_length``,
+  ``steps``, ``threshold``, ``entropy_bound``, ``dependency_distance``, ``suffix``, ``window`` (``W``),
+  ``sigma`` (``k``), ``scale`` (``a``), ``cache``, ``seed``, ...), with its type and range; they
+  override the method/preset. ``none`` unsets a field that may be unset (``threshold=none`` turns the
+  method's parallel rule off, ``steps=none`` is one token per step) and is the value ``none`` of
+  ``cache`` and ``compat``;
 * ``chat``: wrap each context as one user turn of the tokenizer's chat template; default ``auto``:
   yes for an instruct checkpoint (a chat template and no ``base`` in its name, see
   :mod:`dpad.models.chat`, e.g. Dream-v0-Instruct-7B, LLaDA-8B-Instruct), unless lm-eval formats the
@@ -39,61 +40,37 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import fields
 from typing import Any
 
 from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry
 
-from ..config import DecodeConfig
+from ..config import FIELDS, DecodeConfig
 from ..errors import ConfigError
 
 __all__ = ["DpadLM", "decode_kwargs_from_model_args"]
 
-_ALIASES = {"k": "sigma", "a": "scale", "W": "window", "w": "window"}
-_NULLABLE = {"steps", "threshold", "factor", "top_p", "top_k", "window", "uniform_keep"}
-
-
-def _field_types() -> dict[str, Any]:
-    return {f.name: f for f in fields(DecodeConfig) if f.name != "extra"}
+_ALIASES = {a: k.name for k in FIELDS.values() for a in {*k.aliases, *(a.lower() for a in k.aliases)}}
+"""Short names: ``k`` -> sigma, ``a`` -> scale, ``W`` / ``w`` -> window (from :data:`~dpad.config.FIELDS`)."""
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """lm-eval parses ``none`` as None and numbers as int/float; bring values to the field's type."""
-    f = _field_types()[name]
-    default = f.default
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
-        if name in _NULLABLE:
-            return None
-        if isinstance(default, str):
-            return "none"
-        raise ConfigError(f"model arg {name}=None is invalid")
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ConfigError(f"model arg {name}={value!r} is invalid: use true or false")
-            return value.lower() in ("true", "1", "yes")
-        return bool(value)
-    typ = str(f.type)
+    """lm-eval parses ``none`` as None, numbers as int/float and true/false as bool; bring the value to
+    the field's type and check it against its :data:`~dpad.config.FIELDS` entry (None unsets a field
+    that may be unset)."""
     try:
-        if typ.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if typ.startswith("float"):
-            return float(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model arg {name}={value!r} is invalid: expected {typ}") from e
-    return str(value)
+        return FIELDS[name].coerce(value)
+    except ConfigError as e:
+        raise ConfigError(f"model arg {e}", field=name) from None
 
 
 def decode_kwargs_from_model_args(args: dict[str, Any]) -> dict[str, Any]:
-    """DecodeConfig fields (aliases k, a, W resolved, types coerced) found in ``args``."""
-    known = _field_types()
+    """DecodeConfig fields (aliases k, a, W resolved, types coerced) found in ``args``; a field given
+    as ``none`` maps to None (unset)."""
     out: dict[str, Any] = {}
     for key, value in args.items():
         name = _ALIASES.get(key, key)
-        if name in known:
+        if name in FIELDS:
             out[name] = _coerce(name, value)
     return out
 
@@ -118,12 +95,14 @@ class DpadLM(LM):
         from .parallel import init_distributed
 
         decode = decode_kwargs_from_model_args(kwargs)
-        unknown = sorted(k for k in kwargs if _ALIASES.get(k, k) not in _field_types())
+        unknown = sorted(k for k in kwargs if _ALIASES.get(k, k) not in FIELDS)
         if unknown:
             raise ConfigError(f"unknown dpad model arg(s): {', '.join(unknown)}")
         path = None if pretrained in (None, "", "embedded") else str(pretrained)
         family = model_family(path, read_config(path, revision) if path else None)
-        self.method, self.config = resolve_config(method, preset_name=preset, family=family, overrides=decode)
+        unset = [k for k, v in decode.items() if v is None]  # `threshold=none`: unset, even the method's own
+        self.method, self.config = resolve_config(method, preset_name=preset, family=family, overrides=decode,
+                                                  unset=unset)
         self.chat = None if chat is None or str(chat).lower() == "auto" else _as_bool(chat)
         self._templated = False  # lm-eval applied the chat template to the contexts itself
         if isinstance(batch_size, str) and not batch_size.isdigit():  # "auto", "auto:4"

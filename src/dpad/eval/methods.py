@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from ..config import PRESETS, DecodeConfig
 from ..errors import ConfigError, DpadError
+from ..rules import RULES, by_short, rule_fields
 
 __all__ = [
     "EMBEDDED_DEFAULTS",
@@ -51,13 +54,12 @@ METHOD_PARTS: tuple[str, ...] = ("vanilla", "et", "parallel", "prefix", "dual", 
 PARALLEL_THRESHOLD = 0.9
 """Fast-dLLM's confidence threshold: the ``parallel`` rule of the published model families."""
 
-RULE_FIELDS: tuple[str, ...] = ("threshold", "factor", "entropy_bound", "dependency_distance", "dependency_threshold")
+RULE_FIELDS: tuple[str, ...] = rule_fields()
+"""Every DecodeConfig field of the parallel rule (each registered rule's knob, then the guard's)."""
 EMBEDDED_PARALLEL: dict[str, Any] = {"threshold": 0.99}
 """The embedded model's ``parallel`` rule: the point of the accuracy-speed frontier
 (``benchmarks/results/frontier.md``) with the fewest forwards whose accuracy stays within 1 point
 of vanilla's. Fast-dLLM's threshold 0.9 stays available as ``...-threshold0.9``."""
-
-_RULE_SUFFIX = {"threshold": "threshold", "factor": "factor", "eb": "entropy_bound"}
 
 EMBEDDED_DEFAULTS: dict[str, Any] = {
     "gen_length": 256, "block_length": 32, "window": 128, "sigma": 4.0, "scale": 2.0,
@@ -72,15 +74,20 @@ _TASK_KEYS = {"arith": "gsm8k", "gsm8k": "gsm8k", "math": "math", "humaneval": "
 _DPAD_KEYS = ("gen_length", "block_length", "window", "sigma", "scale", "confidence", "schedule")
 
 
-def _split_rule(name: str) -> tuple[str, dict[str, Any] | None, str]:
-    """``'parallel+prefix-threshold0.9'`` -> (``'parallel+prefix'``, the rule's fields, ``'-threshold0.9'``)."""
-    import re
+def _suffix_pattern() -> re.Pattern[str]:
+    """``METHOD-SHORTVALUE`` for every registered rule's short name (longest first)."""
+    shorts = sorted((re.escape(s.short) for s in RULES.values()), key=len, reverse=True)
+    return re.compile(rf"(.*?)-({'|'.join(shorts)})([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)")
 
-    m = re.fullmatch(r"(.*?)-(threshold|factor|eb)([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)", str(name).strip().lower())
+
+def _split_rule(name: str) -> tuple[str, dict[str, Any] | None, str]:
+    """``'parallel+prefix-threshold0.9'`` -> (``'parallel+prefix'``, the rule's fields, ``'-threshold0.9'``);
+    the suffixes are the registered rules' short names (:data:`dpad.rules.RULES`)."""
+    m = _suffix_pattern().fullmatch(str(name).strip().lower())
     if not m:
         return str(name), None, ""
     rule = dict.fromkeys(RULE_FIELDS)
-    rule[_RULE_SUFFIX[m.group(2)]] = float(m.group(3))
+    rule[by_short(m.group(2)).name] = float(m.group(3))
     return m.group(1), rule, f"-{m.group(2)}{float(m.group(3)):g}"
 
 
@@ -90,10 +97,10 @@ def rule_suffix(cfg: DecodeConfig) -> str:
         strict = "never" if cfg.dependency_threshold is None else f"{cfg.dependency_threshold:g}"
         base = rule_suffix(cfg.replace(dependency_distance=None, dependency_threshold=None))
         return f"{base}-guard{cfg.dependency_distance}@{strict}"
-    for short, fname in _RULE_SUFFIX.items():
-        v = getattr(cfg, fname)
+    for spec in RULES.values():
+        v = getattr(cfg, spec.name)
         if v is not None:
-            return f"-{short}{v:g}"
+            return f"-{spec.short}{v:g}"
     return ""
 
 
@@ -217,21 +224,24 @@ def method_config(method: str, params: dict[str, Any] | DecodeConfig | None = No
         base = DecodeConfig(**{k: v for k, v in (params or {}).items() if k in DecodeConfig.__dataclass_fields__})
     cfg = _switches_to_config(parts, base, rule)
     explicit = {k: v for k, v in overrides.items() if v is not None}
-    counts = ("threshold", "factor", "entropy_bound")
-    if any(k in explicit for k in counts):  # an explicit rule replaces the method's one
-        explicit = {**{k: None for k in counts if k not in explicit}, **explicit}
+    if any(k in explicit for k in RULES):  # an explicit rule replaces the method's one
+        explicit = {**{k: None for k in RULES if k not in explicit}, **explicit}
     if explicit:
         cfg = cfg.replace(**explicit)
     return cfg
 
 
 def resolve_config(method: str | None, *, preset_name: str | None = None, family: str = "embedded",
-                   task: str | None = None, overrides: dict[str, Any] | None = None) -> tuple[str, DecodeConfig]:
+                   task: str | None = None, overrides: dict[str, Any] | None = None,
+                   unset: Collection[str] = ()) -> tuple[str, DecodeConfig]:
     """(method label, DecodeConfig) for an eval/bench run.
 
     * ``preset_name`` alone: the preset plus ``overrides``; the label is its ``method_name()``.
     * ``method`` (with or without a preset): the method's switches on top of the preset's (or
       the family/task default) parameters, then ``overrides``.
+
+    ``overrides`` with the value None are ignored; the fields named in ``unset`` are set to None last
+    (the lm-eval model's ``threshold=none``: the method's own rule is turned off).
 
     The returned label is the *actual* configuration's ``method_name()``, so an override such as
     ``--threshold`` on ``vanilla`` is labelled honestly (``parallel``), followed by the rule suffix
@@ -245,6 +255,8 @@ def resolve_config(method: str | None, *, preset_name: str | None = None, family
         cfg = method_config(method, base, **overrides) if method else base.replace(**overrides)
     else:
         cfg = method_config(method or "vanilla", default_params(family, task), **overrides)
+    if unset:
+        cfg = cfg.replace(**dict.fromkeys(unset))
     label = cfg.method_name()
     if cfg.parallel:
         default = EMBEDDED_PARALLEL if family == "embedded" and not preset_name else {"threshold": PARALLEL_THRESHOLD}

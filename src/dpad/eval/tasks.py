@@ -26,11 +26,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import scoring as met
 from ..errors import ConfigError
 from . import datasets as ds
+
+if TYPE_CHECKING:
+    from .sandbox import SandboxResult
 
 __all__ = ["TASKS", "ArithTask", "GSM8KTask", "HumanEvalTask", "MBPPTask", "MathTask", "Sample", "Task",
            "get_task"]
@@ -289,10 +292,18 @@ class HumanEvalTask(Task):
         res = check_program(p["prompt"], completion, p["test"], p["entry_point"], timeout_s=self.timeout_s,
                             allow_unsandboxed=self.allow_unsandboxed)
         return {"pass@1": res.passed, "correct": res.passed, "extracted": completion, "status": res.status,
-                "error": res.stderr[-500:] if not res.passed else ""}
+                "error": _why(res)}
 
     def canonical_output(self, sample: Sample) -> str:
         return str(sample.reference)
+
+
+def _why(res: SandboxResult) -> str:
+    """A failed sample's record: the sandbox's one-line reason (e.g. it exited before its tests
+    finished), then the end of its stderr; empty for a pass."""
+    if res.passed:
+        return ""
+    return "\n".join(part for part in (res.detail, res.stderr[-500:]) if part)
 
 
 class MBPPTask(Task):
@@ -341,7 +352,7 @@ class MBPPTask(Task):
         res = check_mbpp(code, p["test_list"], p.get("test_setup_code", ""), timeout_s=self.timeout_s,
                          allow_unsandboxed=self.allow_unsandboxed)
         return {"pass@1": res.passed, "correct": res.passed, "extracted": code, "status": res.status,
-                "error": res.stderr[-500:] if not res.passed else ""}
+                "error": _why(res)}
 
     def canonical_output(self, sample: Sample) -> str:
         return f"{sample.doc['code']}\n[DONE]"

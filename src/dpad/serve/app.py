@@ -174,7 +174,10 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | None = None,  # noqa: ANN001, C901
+_ENDPOINT = {"completion": "completions", "chat": "chat_completions"}  # metrics label per request kind
+
+
+def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | None = None,  # noqa: ANN001
                max_batch_size: int = 8, max_queue: int = 64, batch_wait_ms: float = 10.0,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI app serving ``lm`` (a :class:`~dpad.models.LoadedModel`) as ``model_id``."""
@@ -200,6 +203,21 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
         msg = f"{request.method} {request.url.path}: {exc.detail}"
         return _error(ApiError(exc.status_code, msg, None, code))
 
+    _add_info_routes(app, srv)
+
+    @app.post("/v1/completions", openapi_extra=request_schema("completion"))
+    async def completions(request: Request) -> Response:
+        return await _complete(srv, request, "completion", max_body_bytes)
+
+    @app.post("/v1/chat/completions", openapi_extra=request_schema("chat"))
+    async def chat_completions(request: Request) -> Response:
+        return await _complete(srv, request, "chat", max_body_bytes)
+
+    return app
+
+
+def _add_info_routes(app: FastAPI, srv: Server) -> None:
+    """``/health``, ``/metrics``, ``/v1/models`` and ``/v1/models/{model}``."""
     @app.get("/health")
     async def health() -> dict:
         srv.record("health", 200, time.monotonic())
@@ -228,169 +246,178 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
         srv.record("models", 200, time.monotonic())
         return JSONResponse(model_card())
 
-    @app.post("/v1/completions", openapi_extra=request_schema("completion"))
-    async def completions(request: Request) -> Response:
-        return await generate(request, "completion")
 
-    @app.post("/v1/chat/completions", openapi_extra=request_schema("chat"))
-    async def chat_completions(request: Request) -> Response:
-        return await generate(request, "chat")
+async def read_json(request: Request, max_body_bytes: int) -> Any:
+    """The request body as JSON: 413 beyond ``max_body_bytes`` (announced or streamed), 400 for a
+    body that is not JSON or is nested too deeply."""
+    n = request.headers.get("content-length")
+    if n is not None and n.isdigit() and int(n) > max_body_bytes:
+        raise ApiError(413, f"the request body has {n} bytes; at most {max_body_bytes}", None, "request_too_large")
+    chunks, size = [], 0
+    async for c in request.stream():
+        size += len(c)
+        if size > max_body_bytes:
+            raise ApiError(413, f"the request body exceeds {max_body_bytes} bytes", None, "request_too_large")
+        chunks.append(c)
+    try:
+        return json.loads(b"".join(chunks))
+    except RecursionError as e:
+        raise ApiError(400, "We could not parse the JSON body of your request: it is nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
+        raise ApiError(400, f"We could not parse the JSON body of your request ({short_repr(str(e), 200)})") from e
 
-    async def read_json(request: Request) -> Any:
-        n = request.headers.get("content-length")
-        if n is not None and n.isdigit() and int(n) > max_body_bytes:
-            raise ApiError(413, f"the request body has {n} bytes; at most {max_body_bytes}", None,
-                           "request_too_large")
-        chunks, size = [], 0
-        async for c in request.stream():
-            size += len(c)
-            if size > max_body_bytes:
-                raise ApiError(413, f"the request body exceeds {max_body_bytes} bytes", None, "request_too_large")
-            chunks.append(c)
-        try:
-            return json.loads(b"".join(chunks))
-        except RecursionError as e:
-            raise ApiError(400, "We could not parse the JSON body of your request: it is nested too deeply") from e
-        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
-            raise ApiError(400, f"We could not parse the JSON body of your request ({short_repr(str(e), 200)})") from e
 
-    async def generate(request: Request, kind: str) -> Response:
-        t0 = time.monotonic()
-        endpoint = "completions" if kind == "completion" else "chat_completions"
-        try:
-            body = await read_json(request)
-            req = parse(body, kind, model_id=srv.model_id, defaults=srv.defaults, max_len=lm.args.max_seq_len)
-            ids = await asyncio.to_thread(srv.encode, req)
-        except ApiError as e:
-            srv.record(endpoint, e.status, t0)
-            return _error(e)
+async def _complete(srv: Server, request: Request, kind: str, max_body_bytes: int) -> Response:
+    """One (chat) completion: read, validate and encode the request, queue it on the scheduler, then
+    answer with one JSON body or a stream of server-sent events."""
+    t0 = time.monotonic()
+    endpoint = _ENDPOINT[kind]
+    try:
+        body = await read_json(request, max_body_bytes)
+        req = parse(body, kind, model_id=srv.model_id, defaults=srv.defaults, max_len=srv.lm.args.max_seq_len)
+        ids = await asyncio.to_thread(srv.encode, req)
+    except ApiError as e:
+        srv.record(endpoint, e.status, t0)
+        return _error(e)
+    call = _Call(srv, req, kind, t0, ids)
+    try:
+        srv.scheduler.submit(call.job)
+    except ShuttingDown as e:
+        srv.record(endpoint, 503, t0)
+        return _error(ApiError(503, str(e), None, "server_shutting_down", "server_error"))
+    except QueueFull as e:
+        srv.record(endpoint, 429, t0)
+        return _error(ApiError(429, str(e), None, "queue_full", "rate_limit_error"))
+    if req.stream:
+        return StreamingResponse(call.stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await call.respond(request)
 
+
+class _Call:
+    """One queued request: its scheduler :class:`Job`, the events the worker thread sends back
+    (``delta``, ``finish``, ``error``) and the response built from them, whole or streamed."""
+
+    def __init__(self, srv: Server, req: ParsedRequest, kind: str, t0: float, ids: list[int]) -> None:
+        self.srv, self.req, self.kind, self.t0 = srv, req, kind, t0
+        self.endpoint = _ENDPOINT[kind]
+        self.events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
 
-        def sink(kind_: str, payload: Any) -> None:
+        def sink(kind_: str, payload: Any) -> None:  # called on the scheduler's worker thread
             try:
-                loop.call_soon_threadsafe(events.put_nowait, (kind_, payload))
+                loop.call_soon_threadsafe(self.events.put_nowait, (kind_, payload))
             except RuntimeError:  # the event loop is gone (shutdown)
                 pass
 
-        job = Job(ids, req.cfg, TextTracker(srv.detok, lm.eos_token_id, req.max_tokens, req.stop), sink)
-        try:
-            srv.scheduler.submit(job)
-        except ShuttingDown as e:
-            srv.record(endpoint, 503, t0)
-            return _error(ApiError(503, str(e), None, "server_shutting_down", "server_error"))
-        except QueueFull as e:
-            srv.record(endpoint, 429, t0)
-            return _error(ApiError(429, str(e), None, "queue_full", "rate_limit_error"))
-        rid = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
-        created = int(time.time())
+        tracker = TextTracker(srv.detok, srv.lm.eos_token_id, req.max_tokens, req.stop)
+        self.job = Job(ids, req.cfg, tracker, sink)
+        self.rid = ("cmpl-" if kind == "completion" else "chatcmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
 
-        def cancel() -> None:
-            job.cancel()
-            srv.scheduler.withdraw(job)
-            srv.metrics.cancelled.inc()
+    def cancel(self) -> None:
+        """The client went away: the row leaves its batch, counted as cancelled."""
+        self.job.cancel()
+        self.srv.scheduler.withdraw(self.job)
+        self.srv.metrics.cancelled.inc()
 
-        def done(info: dict) -> None:
-            m = srv.metrics
-            m.prompt_tokens.inc(info["prompt_tokens"])
-            m.generated_tokens.inc(info["completion_tokens"])
-            m.nfe.inc(info["nfe"])
+    def done(self, info: dict) -> None:
+        m = self.srv.metrics
+        m.prompt_tokens.inc(info["prompt_tokens"])
+        m.generated_tokens.inc(info["completion_tokens"])
+        m.nfe.inc(info["nfe"])
 
-        if req.stream:
-            return StreamingResponse(_stream(req, kind, rid, created, events, t0, endpoint, cancel, done),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
+    async def respond(self, request: Request) -> Response:
+        """Wait for the end of the decode (polling for a client that disconnects: 499, its row
+        cancelled) and answer with the whole completion."""
+        srv = self.srv
         try:
             while True:
-                get = asyncio.ensure_future(events.get())
+                get = asyncio.ensure_future(self.events.get())
                 while True:
                     finished, _ = await asyncio.wait({get}, timeout=DISCONNECT_POLL_S)
                     if finished:
                         break
                     if await request.is_disconnected():
                         get.cancel()
-                        cancel()
-                        srv.record(endpoint, 499, t0)
+                        self.cancel()
+                        srv.record(self.endpoint, 499, self.t0)
                         return Response(status_code=499)
                 ev, payload = get.result()
                 if ev == "error":
                     err = ApiError.from_payload(payload)
-                    srv.record(endpoint, err.status, t0)
+                    srv.record(self.endpoint, err.status, self.t0)
                     return _error(err)
                 if ev == "finish":
                     break
         except asyncio.CancelledError:  # the server cancelled this request (shutdown): free its row
-            job.cancel()
-            srv.scheduler.withdraw(job)
+            self.job.cancel()
+            srv.scheduler.withdraw(self.job)
             raise
         info = payload
-        done(info)
-        srv.record(endpoint, 200, t0)
-        usage = _usage(info)
-        if kind == "completion":
+        self.done(info)
+        srv.record(self.endpoint, 200, self.t0)
+        if self.kind == "completion":
             choice = {"text": info["text"], "index": 0, "logprobs": None, "finish_reason": info["finish_reason"]}
             obj = "text_completion"
         else:
             choice = {"index": 0, "message": {"role": "assistant", "content": info["text"]}, "logprobs": None,
                       "finish_reason": info["finish_reason"]}
             obj = "chat.completion"
-        return JSONResponse({"id": rid, "object": obj, "created": created, "model": srv.model_id,
-                             "choices": [choice], "usage": usage, "dpad": _extras(info)})
+        return JSONResponse({"id": self.rid, "object": obj, "created": self.created, "model": srv.model_id,
+                             "choices": [choice], "usage": _usage(info), "dpad": _extras(info)})
 
-    async def _stream(req: ParsedRequest, kind: str, rid: str, created: int, events: asyncio.Queue, t0: float,
-                      endpoint: str, cancel: Callable[[], None], done: Callable[[dict], None]) -> AsyncIterator[str]:
-        obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
-        base = {"id": rid, "object": obj, "created": created, "model": srv.model_id}
+    def _chunk(self, text: str | None, finish: str | None, role: bool = False) -> dict:
+        obj = "text_completion" if self.kind == "completion" else "chat.completion.chunk"
+        if self.kind == "completion":
+            c: dict = {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish}
+        else:
+            delta: dict = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            c = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"id": self.rid, "object": obj, "created": self.created, "model": self.srv.model_id, "choices": [c]}
 
-        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict:
-            if kind == "completion":
-                c: dict = {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish}
-            else:
-                delta: dict = {}
-                if role:
-                    delta["role"] = "assistant"
-                if text is not None:
-                    delta["content"] = text
-                c = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return {**base, "choices": [c]}
-
+    async def stream(self) -> AsyncIterator[str]:
+        """Server-sent events: each committed block's text as it comes, then the finish chunk (with
+        usage if asked) and ``[DONE]``; an error event ends the stream with the error body. A client
+        that leaves mid-stream cancels the row (499)."""
+        srv, chat = self.srv, self.kind == "chat"
         complete = False
         first = True
         try:
-            if kind == "chat":
-                yield _sse(chunk("", None, role=True))
+            if chat:
+                yield _sse(self._chunk("", None, role=True))
             while True:
-                ev, payload = await events.get()
+                ev, payload = await self.events.get()
                 if ev == "delta":
                     if first:
-                        srv.metrics.first_chunk.observe(time.monotonic() - t0)
+                        srv.metrics.first_chunk.observe(time.monotonic() - self.t0)
                         first = False
-                    yield _sse(chunk(payload, None))
+                    yield _sse(self._chunk(payload, None))
                 elif ev == "finish":
-                    done(payload)
-                    yield _sse({**chunk(None if kind == "chat" else "", payload["finish_reason"]),
+                    self.done(payload)
+                    yield _sse({**self._chunk(None if chat else "", payload["finish_reason"]),
                                 "dpad": _extras(payload)})
-                    if req.include_usage:
-                        yield _sse({**base, "choices": [], "usage": _usage(payload)})
+                    if self.req.include_usage:
+                        yield _sse({**self._chunk(None, None), "choices": [], "usage": _usage(payload)})
                     yield "data: [DONE]\n\n"
                     complete = True
-                    srv.record(endpoint, 200, t0)
+                    srv.record(self.endpoint, 200, self.t0)
                     return
                 else:
                     complete = True
                     err = ApiError.from_payload(payload)
-                    srv.record(endpoint, err.status, t0)
+                    srv.record(self.endpoint, err.status, self.t0)
                     yield _sse(err.body())
                     yield "data: [DONE]\n\n"
                     return
         finally:
             if not complete:  # the client went away mid-stream
-                cancel()
-                srv.record(endpoint, 499, t0)
-
-    return app
+                self.cancel()
+                srv.record(self.endpoint, 499, self.t0)
 
 
 def _usage(info: dict) -> dict:

@@ -10,7 +10,6 @@ tokens (finish_reason ``length``). Without ``max_tokens`` the server's default `
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -32,21 +31,21 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n"}
 
 
+_OPENAI_SET = ("gen_length", "temperature", "top_p", "seed")  # set by OpenAI's own fields (max_tokens -> gen_length)
+_JSON_TYPES: dict[type, type | tuple[type, ...]] = {bool: bool, str: str, int: int, float: (int, float)}
+
+
 def _knobs() -> dict[str, type | tuple[type, ...]]:
-    """Every DecodeConfig field is an extra body field (its JSON type from the field's type), except
-    those OpenAI's own fields set (max_tokens -> gen_length, temperature, top_p, seed)."""
+    """Every DecodeConfig field is an extra body field (its JSON type from :data:`~dpad.config.FIELDS`),
+    except those OpenAI's own fields set (max_tokens -> gen_length, temperature, top_p, seed)."""
     out: dict[str, type | tuple[type, ...]] = {"preset": str}
-    for f in fields(DecodeConfig):
-        if f.name in ("gen_length", "temperature", "top_p", "seed", "extra"):
-            continue
-        t = str(f.type)
-        out[f.name] = bool if "bool" in t else str if "str" in t else int if "int" in t else (int, float)
+    out.update({k.name: _JSON_TYPES[k.type] for k in C.FIELDS.values() if k.name not in _OPENAI_SET})
     return out
 
 
 # dpad decoding knobs accepted as extra body fields, with their JSON types; null unsets the optional ones
 KNOBS = _knobs()
-NULLABLE = {f.name for f in fields(DecodeConfig) if f.name in KNOBS and f.default is None}
+NULLABLE = {name for name in KNOBS if name in C.FIELDS and C.FIELDS[name].nullable}
 MAX_STOP = 16
 MAX_STOP_CHARS = 1024
 
@@ -108,7 +107,7 @@ def round_up(n: int, block: int) -> int:
     return -(-n // block) * block
 
 
-def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noqa: C901
+def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,
           max_len: int | None = None) -> ParsedRequest:
     """Validate an OpenAI (chat) completion request and build its DecodeConfig.
 
@@ -116,6 +115,20 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
     ``max_len`` (the model's context) bounds ``max_tokens``. Raises :class:`ApiError`."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    _check_envelope(body, kind, model_id)
+    stream, include_usage = _parse_stream(body)
+    prompt = _parse_prompt(body) if kind == "completion" else _parse_messages(body)
+    chat_template = None
+    if kind == "completion" and body.get("chat") is not None:
+        _check_type("chat", body["chat"], bool)
+        chat_template = body["chat"]
+    stops = _parse_stop(body)
+    cfg, max_tokens = _decode_config(body, kind, defaults, max_len)
+    return ParsedRequest(kind, prompt, cfg, max_tokens, stops, stream, include_usage, chat_template)
+
+
+def _check_envelope(body: dict, kind: str, model_id: str) -> None:
+    """No unknown fields, the served model, OpenAI fields we ignore only at their neutral value, n = 1."""
     main_field = "prompt" if kind == "completion" else "messages"
     allowed = COMMON | IGNORED | set(KNOBS) | {main_field}
     allowed |= {"chat"} if kind == "completion" else {"max_completion_tokens"}
@@ -137,12 +150,15 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
         if name in NEUTRAL and not any(_same(body[name], v) for v in NEUTRAL[name]):
             raise ApiError(400, f"'{name}' is not supported by this server (got {short_repr(body[name])})", name,
                            "unsupported_parameter")
-
     n = body.get("n")
     if n is not None:
         _check_type("n", n, int)
         if n != 1:
             raise ApiError(400, f"'n' must be 1 (got {short_repr(n)}): one choice per request", "n")
+
+
+def _parse_stream(body: dict) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage)."""
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -156,13 +172,10 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
         if iu is not None:
             _check_type("stream_options.include_usage", iu, bool)
             include_usage = iu
+    return stream, include_usage
 
-    prompt = _parse_prompt(body) if kind == "completion" else _parse_messages(body)
-    chat_template = None
-    if kind == "completion" and body.get("chat") is not None:
-        _check_type("chat", body["chat"], bool)
-        chat_template = body["chat"]
 
+def _parse_stop(body: dict) -> list[str]:
     stop = body.get("stop")
     if stop is None:
         stops: list[str] = []
@@ -180,8 +193,12 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
         raise ApiError(400, f"'stop' strings must be at most {MAX_STOP_CHARS} characters", "stop")
     for s_ in stops:
         check_text("stop", s_)
+    return stops
 
-    # ---- decoding config
+
+def _decode_config(body: dict, kind: str, defaults: DecodeConfig, max_len: int | None) -> tuple[DecodeConfig, int]:
+    """The request's DecodeConfig (the preset or the server's defaults, then the knobs and OpenAI's own
+    fields) and its max_tokens; a ConfigError becomes a 400 whose param is the field it names."""
     knobs: dict[str, Any] = {}
     for name, t in KNOBS.items():
         if name in NULLABLE and name in body and body[name] is None:
@@ -238,8 +255,7 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
     try:
         cfg = DecodeConfig(**{f.name: d[f.name] for f in fields(DecodeConfig) if f.name in d}, extra=extra)
     except ConfigError as e:
-        m = re.match(r"(\w+)=", str(e))
-        param = m.group(1) if m else None
+        param = e.field
         msg = str(e)
         if param == "gen_length":
             param = mt_name if body.get(mt_name) is not None else "block_length"
@@ -248,7 +264,7 @@ def parse(body: Any, kind: str, *, model_id: str, defaults: DecodeConfig,  # noq
         raise ApiError(400, msg, param) from e
     except (TypeError, ValueError, OverflowError) as e:
         raise ApiError(400, f"invalid decoding option: {short_repr(str(e), 200)}") from e
-    return ParsedRequest(kind, prompt, cfg, int(max_tokens), stops, stream, include_usage, chat_template)
+    return cfg, int(max_tokens)
 
 
 def _parse_prompt(body: dict) -> Any:
@@ -307,33 +323,21 @@ def request_schema(kind: str) -> dict:
     """The request body's JSON schema (for ``/openapi.json``, and the fuzz test draws from it), built
     from the same tables and bounds :func:`parse` enforces."""
     text = {"type": "string"}
-    num = {"type": "number"}
-    size = {"type": "integer", "minimum": 1, "maximum": C.MAX_LENGTH}
     props: dict[str, Any] = {
         "model": text,
         "max_tokens": {"type": "integer", "minimum": 1},
-        "temperature": {**num, "minimum": 0, "maximum": C.MAX_TEMPERATURE},
-        "top_p": {**num, "exclusiveMinimum": 0, "maximum": 1},
-        "seed": {"type": "integer", "minimum": 0, "maximum": C.MAX_SEED},
+        "temperature": C.FIELDS["temperature"].json_schema(),
+        "top_p": C.FIELDS["top_p"].json_schema(),
+        "seed": C.FIELDS["seed"].json_schema(),
         "stop": {"anyOf": [text, {"type": "array", "items": text, "maxItems": MAX_STOP}]},
         "stream": {"type": "boolean"},
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         "n": {"type": "integer", "minimum": 1, "maximum": 1},
         "preset": {"enum": sorted(C.PRESETS) + sorted(f"{n}-parallel" for n in C.PRESETS)},
-        "threshold": {**num, "exclusiveMinimum": 0, "maximum": 1}, "factor": {**num, "exclusiveMinimum": 0},
-        "suffix": {"enum": list(C.SUFFIX_POLICIES)}, "window": size, "sigma": {**num, "exclusiveMinimum": 0},
-        "scale": {**num, "exclusiveMinimum": 0}, "uniform_keep": {**size, "minimum": 0},
-        "cache": {"enum": list(C.CACHE_POLICIES)}, "early_termination": {"type": "boolean"},
-        "block_length": size, "steps": size, "confidence": {"enum": list(C.CONFIDENCES)},
-        "schedule": {"enum": list(C.SCHEDULES)}, "top_k": size, "alg_temp": {**num, "minimum": 0},
-        "cfg_scale": {**num, "minimum": 0}, "eps": {**num, "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "compat": {"enum": list(C.COMPAT)},
     }
-    json_type = {bool: "boolean", str: "string", int: "integer"}
-    for name, t in KNOBS.items():  # knobs without a richer entry above: their JSON type
-        props.setdefault(name, {"type": json_type[t]} if t in json_type else num)
-    for name in NULLABLE:
-        props[name] = {"anyOf": [props[name], {"type": "null"}]}
+    for name in KNOBS:  # dpad's knobs: type, range and null where they may be unset, from DecodeConfig's FIELDS
+        if name in C.FIELDS:
+            props[name] = C.FIELDS[name].json_schema()
     for name in sorted(IGNORED - {"stream_options"}):
         props[name] = {"description": "accepted and ignored when it holds its neutral value"}
     if kind == "completion":
