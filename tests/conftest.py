@@ -150,22 +150,32 @@ def pytest_make_collect_report(collector: pytest.Collector):  # noqa: ANN201
 
 # ------------------------------------------------------------------ serve: batches without a time window
 class BatchGate:
-    """Holds a :class:`dpad.serve.scheduler.Scheduler`'s worker until the jobs announced with
-    :meth:`expect` all wait in its queue, so which requests share a batch does not depend on when
-    the client threads arrive. Install it before the server starts (the worker's first take)."""
+    """Holds a scheduler's worker until the jobs announced with :meth:`expect` all wait in its queue,
+    so which requests start together does not depend on when the client threads arrive. Install it
+    before the server starts. Continuous scheduler: an idle worker admits nothing until then (its
+    ``admission_gate``); closed scheduler: the worker takes no batch until then."""
 
     def __init__(self, scheduler) -> None:  # noqa: ANN001
         self.scheduler, self.n = scheduler, 0
-        take = scheduler._take_batch
+        s = scheduler
+        if hasattr(s, "admission_gate"):
+            def ready() -> bool:
+                if s.queue and len(s.queue) >= self.n:
+                    self.n = 0
+                    return True
+                return False
+
+            s.admission_gate = ready
+            return
+        take = s._take_batch
 
         def gated():  # noqa: ANN202
-            s = scheduler
             with s.cv:  # (a safety timeout only: the test's own assertions then fail)
                 s.cv.wait_for(lambda: s.stopping or (s.queue and len(s.queue) >= self.n), timeout=120)
                 self.n = 0
             return take()
 
-        scheduler._take_batch = gated
+        s._take_batch = gated
 
     def expect(self, n: int) -> None:
         """The next batch is formed once ``n`` jobs wait (call before sending them)."""

@@ -150,11 +150,11 @@ def test_decoding_knobs_as_extra_fields(client: openai.OpenAI) -> None:
     assert r.model_extra["dpad"]["method"] == "parallel+prefix" and r.choices[0].text.endswith("#### 525")
 
 
-def test_concurrent_requests_are_batched(lm: LoadedModel, client: openai.OpenAI) -> None:
-    """Concurrent requests with the same config form one batch (a full one, taken at once) and
+def test_closed_scheduler_batches_equal_configs(lm: LoadedModel, client: openai.OpenAI) -> None:
+    """The closed scheduler (``scheduler="closed"``): concurrent requests with the same config form one batch (a full one, taken at once) and
     each gets the text it gets alone; a request with another config runs in its own batch. The
     worker starts once all 4 wait (BatchGate): the batches do not depend on thread timing."""
-    app = create_app(lm, model_id=MODEL, defaults=DEFAULTS, max_batch_size=3, batch_wait_ms=1500)
+    app = create_app(lm, model_id=MODEL, defaults=DEFAULTS, max_batch_size=3, batch_wait_ms=1500, scheduler="closed")
     gate = BatchGate(app.state.dpad.scheduler)
     qs = [p.question for p in PROBLEMS[:4]]
     extra = [{}, {}, {}, {"threshold": 0.8}]
@@ -271,13 +271,13 @@ def test_queue_full_429_and_disconnects(lm: LoadedModel) -> None:
     app = create_app(slow, model_id=MODEL, defaults=DEFAULTS, max_batch_size=1, max_queue=1, batch_wait_ms=0)
     sched = app.state.dpad.scheduler
     gate = threading.Event()
-    run = sched._run
+    step = sched._step
 
-    def gated(batch: list) -> None:
+    def gated() -> None:  # the running row takes no step until the gate opens
         gate.wait(60)
-        run(batch)
+        step()
 
-    sched._run = gated
+    sched._step = gated
     with ServerThread(app) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
         health = lambda: httpx.get(url + "/health").json()  # noqa: E731

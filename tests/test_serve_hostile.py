@@ -310,7 +310,7 @@ class PoisonModel:
     POISON = 77
 
     def __init__(self, model) -> None:  # noqa: ANN001
-        self.model, self.args, self.device = model, model.args, model.device
+        self.model, self.args, self.device, self.dtype = model, model.args, model.device, model.dtype
         self.calls = 0
 
     def new_cache(self, *a, **kw):  # noqa: ANN002, ANN003, ANN201
@@ -504,7 +504,7 @@ def test_sigterm_with_a_request_in_flight_exits_within_the_timeout(tmp_path: Pat
 
         def call() -> None:
             try:
-                got["r"] = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": QS[0],
+                got["r"] = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": QS[0], "method": "vanilla",
                                                                      "max_tokens": 4000}, timeout=120)
             except httpx.HTTPError as e:
                 got["e"] = e

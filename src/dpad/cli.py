@@ -18,8 +18,9 @@ from .errors import ConfigError, DpadError, short_repr
 from .flags import (
     ArgumentParser,
     add_decode_args,
+    add_method_arg,
     add_model_args,
-    decode_config_from_args,
+    method_config_from_args,
     one_line,
     parse_ids,
 )
@@ -55,7 +56,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
     if (ns.prompt is None) == (ns.prompt_ids is None):
         raise ConfigError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
-    cfg = decode_config_from_args(ns)  # validated before the model loads
+    method, cfg = method_config_from_args(ns)  # validated before the model loads
     prompt: Any = ns.prompt if ns.prompt is not None else parse_ids(ns.prompt_ids)
     check_before_load(ns.model, cfg, prompt, ns.revision)
     if ns.threads:
@@ -64,11 +65,11 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     chat = ns.chat
     out = generate(lm, [prompt], cfg, chat=chat)[0]  # a list of one: [] is the empty prompt, not no prompt
     if ns.json:
-        print(json.dumps({"method": cfg.method_name(), "config": cfg.to_dict(), **out.to_dict()}))
+        print(json.dumps({"method": method, "config": cfg.to_dict(), **out.to_dict()}))
     else:
         print(out.text if out.text is not None else ",".join(map(str, out.response_ids)))
         s = out.stats
-        print(f"[{cfg.method_name()}] nfe={s['nfe']} response_tokens={s['response_tokens']} "
+        print(f"[{method}] nfe={s['nfe']} response_tokens={s['response_tokens']} "
               f"time={s['total_time_s']:.3f}s (model {s['model_time_s']:.3f}s)", file=sys.stderr)
     return 0
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the tokenizer's chat template (default: for instruct checkpoints, i.e. a chat template and no 'base' in the name)")
     g.add_argument("--json", action="store_true", help="machine-readable output: ids, text, nfe, timings")
+    add_method_arg(g)
     add_decode_args(g)
     g.set_defaults(func=cmd_generate)
     sub.add_parser("train", help="train the embedded model (see `dpad train --help`)", add_help=False)

@@ -135,3 +135,44 @@ def parse_ids(text: str) -> list[int]:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError as e:
         raise ConfigError(f"--prompt-ids must be comma-separated integers, e.g. 1,2,3 (got {short_repr(text)})") from e
+
+
+FAST_METHOD = "parallel+prefix+dpad"
+"""What ``dpad generate`` and ``dpad serve`` run by default: the family's fast method, as ``dpad eval
+--method parallel+prefix+dpad`` resolves it (the embedded model: threshold 0.99, prefix cache, DPad
+W=128 k=4 a=2; LLaDA / Dream: the paper's DPad settings with Fast-dLLM's threshold 0.9)."""
+
+
+def add_method_arg(p: argparse.ArgumentParser, default: str = FAST_METHOD) -> None:
+    p.add_argument("--method", default=None,
+                   help=f"decoding method, as in dpad eval: vanilla (the reference: one token per step, no cache), "
+                        f"et, dpad, parallel, parallel+prefix, parallel+prefix+dpad, ... (default: {default}, or "
+                        "the preset's own method with --preset); every decoding flag overrides it")
+
+
+def model_family_of(model: str | None, revision: str | None = None) -> str:
+    """The preset family of ``--model`` from its config.json alone (no weights are read)."""
+    from .api import embedded_model_path
+    from .eval.methods import model_family
+    from .models.loading import read_config
+
+    if model is None:
+        return "embedded"
+    try:
+        config = read_config(model, revision)
+    except ConfigError:
+        config = None
+    return model_family(embedded_model_path() if model is None else model, config)
+
+
+def method_config_from_args(ns: argparse.Namespace, default: str = FAST_METHOD) -> tuple[str, DecodeConfig]:
+    """(method label, DecodeConfig) of ``--method`` (default: ``default``; with ``--preset`` and no
+    ``--method``, the preset alone) for the model family of ``--model``, explicit flags on top."""
+    from .eval.methods import resolve_config
+
+    method = getattr(ns, "method", None)
+    if method is None and not getattr(ns, "preset", None):
+        method = default
+    family = model_family_of(getattr(ns, "model", None), getattr(ns, "revision", None))
+    return resolve_config(method, preset_name=getattr(ns, "preset", None), family=family,
+                          overrides=decode_overrides(ns))

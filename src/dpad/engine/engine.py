@@ -176,6 +176,7 @@ class Engine:
     def step(self) -> list[BlockEvent | Finished]:
         """One forward per kind for every running request, their commits, one host sync."""
         events: list[BlockEvent | Finished] = []
+        self.runner.last_forwards.clear()
         for r in list(self.running):
             if not r.cancelled and r.is_cancelled is not None and r.is_cancelled():
                 r.cancelled = True

@@ -166,6 +166,7 @@ class Runner:
         self.used_kvrows = 0
         self.forwards = 0
         self.model_time = 0.0
+        self.last_forwards: list[tuple[int, int]] = []  # (rows, tokens fed) of each forward of the last step
         self.cuda = self.dev.type == "cuda"
         comp = getattr(model, "compiled", None)
         self.compiled = comp is not None
@@ -267,6 +268,7 @@ class Runner:
             c0 = time.perf_counter()
         out = self.model(ids, pos, cache=cache, cache_start=0, key_mask=key_mask, logits_range=lrows)
         self.forwards += 1
+        self.last_forwards.append((len(rows), sum(r.length for r in rows)))
         if self.cuda:
             t1.record()
             return out, (t0, t1)

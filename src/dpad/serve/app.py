@@ -5,7 +5,8 @@ that sends each block's text as soon as the block is committed), ``GET /v1/model
 ``GET /health``, ``GET /metrics`` (Prometheus text format). Errors use the OpenAI error body
 ``{"error": {"message", "type", "param", "code"}}`` — every error, including an unexpected one (a
 catch-all turns it into a JSON 500, logged once in one line, with no traceback sent). Generation runs
-on the :class:`Scheduler`'s worker thread, which batches concurrent compatible requests.
+on the scheduler's worker thread: by default continuous batching, where a request joins the running
+batch at the next step and leaves it as soon as it is final (:mod:`dpad.serve.scheduler`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..config import DecodeConfig
 from ..errors import ConfigError, short_repr
 from .metrics import Metrics
 from .protocol import ApiError, ParsedRequest, parse, request_schema
-from .scheduler import Job, QueueFull, Scheduler, ShuttingDown, TextTracker, internal_error
+from .scheduler import SCHEDULERS, Job, QueueFull, ShuttingDown, TextTracker, internal_error
 
 DISCONNECT_POLL_S = 0.25
 MAX_BODY_BYTES = 8 << 20  # default request body limit (413 beyond)
@@ -63,12 +64,17 @@ class Server:
     long to tokenize (the body limit bounds it: a few seconds for 8 MiB) thus holds one copy only."""
 
     def __init__(self, lm, *, model_id: str, defaults: DecodeConfig, max_batch_size: int,  # noqa: ANN001
-                 max_queue: int, batch_wait_ms: float, encode_tokenizers: int = ENCODE_TOKENIZERS) -> None:
+                 max_queue: int, batch_wait_ms: float, encode_tokenizers: int = ENCODE_TOKENIZERS,
+                 scheduler: str = "continuous", max_batch_tokens: int | None = None) -> None:
         self.lm, self.model_id, self.defaults = lm, model_id, defaults
         self.created = int(time.time())
         self.metrics = Metrics()
-        self.scheduler = Scheduler(lm, max_batch_size=max_batch_size, max_queue=max_queue,
-                                   batch_wait_ms=batch_wait_ms, metrics=self.metrics)
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        opts: dict[str, Any] = ({"max_batch_tokens": max_batch_tokens} if scheduler == "continuous"
+                                else {"batch_wait_ms": batch_wait_ms})
+        self.scheduler = SCHEDULERS[scheduler](lm, max_batch_size=max_batch_size, max_queue=max_queue,
+                                               metrics=self.metrics, **opts)
         self.tok_lock = threading.Lock()
         self.enc_tokenizers: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(max(1, encode_tokenizers)):
@@ -179,10 +185,16 @@ _ENDPOINT = {"completion": "completions", "chat": "chat_completions"}  # metrics
 
 def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | None = None,  # noqa: ANN001
                max_batch_size: int = 8, max_queue: int = 64, batch_wait_ms: float = 10.0,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app serving ``lm`` (a :class:`~dpad.models.LoadedModel`) as ``model_id``."""
+               max_body_bytes: int = MAX_BODY_BYTES, scheduler: str = "continuous",
+               max_batch_tokens: int | None = None) -> FastAPI:
+    """The FastAPI app serving ``lm`` (a :class:`~dpad.models.LoadedModel`) as ``model_id``.
+
+    ``scheduler``: ``continuous`` (rows join and leave the running batch between forwards, within
+    ``max_batch_size`` rows and ``max_batch_tokens``) or ``closed`` (batches of equal configs, formed
+    within ``batch_wait_ms``; see :mod:`dpad.serve.scheduler`)."""
     srv = Server(lm, model_id=model_id, defaults=defaults or DecodeConfig(), max_batch_size=max_batch_size,
-                 max_queue=max_queue, batch_wait_ms=batch_wait_ms)
+                 max_queue=max_queue, batch_wait_ms=batch_wait_ms, scheduler=scheduler,
+                 max_batch_tokens=max_batch_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -221,7 +233,7 @@ def _add_info_routes(app: FastAPI, srv: Server) -> None:
     @app.get("/health")
     async def health() -> dict:
         srv.record("health", 200, time.monotonic())
-        return {"status": "ok", "model": srv.model_id, "waiting": srv.scheduler.waiting,
+        return {"status": "ok", "model": srv.model_id, "scheduler": srv.scheduler.kind, "waiting": srv.scheduler.waiting,
                 "running": srv.scheduler.running, "max_batch_size": srv.scheduler.max_batch_size,
                 "max_queue": srv.scheduler.max_queue}
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+TOKEN_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -119,6 +120,13 @@ class Metrics:
         self.batch_forwards = Counter("dpad_batch_forwards_total", "Batched model forwards.")
         self.batches = Counter("dpad_batches_total", "Batches run by the scheduler.")
         self.batch_size = Histogram("dpad_batch_size", "Rows per scheduled batch.", BATCH_BUCKETS)
+        self.rows_per_forward = Histogram("dpad_rows_per_forward", "Rows in each batched model forward.",
+                                          BATCH_BUCKETS)
+        self.tokens_per_forward = Histogram("dpad_tokens_per_forward",
+                                            "Tokens fed to each batched model forward (padding excluded).",
+                                            TOKEN_BUCKETS)
+        self.queue_wait = Histogram("dpad_queue_wait_seconds", "Time from arrival to joining the running batch.",
+                                    LATENCY_BUCKETS)
         self.rejected = Counter("dpad_queue_rejections_total", "Requests refused with 429 (queue full).")
         self.cancelled = Counter("dpad_cancelled_total", "Requests whose client went away before the end.")
         self.gauges: list[Gauge] = []
@@ -129,7 +137,8 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for m in (self.requests, self.latency, self.first_chunk, self.prompt_tokens, self.generated_tokens,
-                  self.nfe, self.batch_forwards, self.batches, self.batch_size, self.rejected, self.cancelled,
+                  self.nfe, self.batch_forwards, self.batches, self.batch_size, self.rows_per_forward,
+                  self.tokens_per_forward, self.queue_wait, self.rejected, self.cancelled,
                   *self.gauges):
             lines += m.render()
         return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from typing import Any
 from .. import config as C
 from ..api import check_text as api_check_text
 from ..config import DecodeConfig, preset
+from ..eval.methods import LADDER, method_config
 from ..errors import ConfigError, short_repr
 
 # OpenAI fields accepted and ignored (when they hold their neutral value, see NEUTRAL).
@@ -38,7 +39,7 @@ _JSON_TYPES: dict[type, type | tuple[type, ...]] = {bool: bool, str: str, int: i
 def _knobs() -> dict[str, type | tuple[type, ...]]:
     """Every DecodeConfig field is an extra body field (its JSON type from :data:`~dpad.config.FIELDS`),
     except those OpenAI's own fields set (max_tokens -> gen_length, temperature, top_p, seed)."""
-    out: dict[str, type | tuple[type, ...]] = {"preset": str}
+    out: dict[str, type | tuple[type, ...]] = {"preset": str, "method": str}
     out.update({k.name: _JSON_TYPES[k.type] for k in C.FIELDS.values() if k.name not in _OPENAI_SET})
     return out
 
@@ -207,13 +208,20 @@ def _decode_config(body: dict, kind: str, defaults: DecodeConfig, max_len: int |
             _check_type(name, body[name], t)
             knobs[name] = body[name]
     pname = knobs.pop("preset", None)
+    method = knobs.pop("method", None)
     if pname is not None:
         try:
-            base = preset(pname).to_dict()
+            base_cfg = preset(pname)
         except ConfigError as e:
             raise ApiError(400, str(e), "preset") from e
     else:
-        base = defaults.to_dict()
+        base_cfg = defaults
+    if method is not None:  # the method's switches on the preset's or the server's parameters (as dpad eval)
+        try:
+            base_cfg = method_config(method, base_cfg)
+        except ConfigError as e:
+            raise ApiError(400, str(e), "method") from e
+    base = base_cfg.to_dict()
     d = dict(base)
     base_steps = d.get("steps")
     d["steps"] = None
@@ -334,6 +342,9 @@ def request_schema(kind: str) -> dict:
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         "n": {"type": "integer", "minimum": 1, "maximum": 1},
         "preset": {"enum": sorted(C.PRESETS) + sorted(f"{n}-parallel" for n in C.PRESETS)},
+        "method": {"type": "string", "description": "a decoding method as in dpad eval, e.g. "
+                                                    + ", ".join(LADDER) + " (vanilla: the reference, one token "
+                                                    "per step); its switches apply to the server's parameters"},
     }
     for name in KNOBS:  # dpad's knobs: type, range and null where they may be unset, from DecodeConfig's FIELDS
         if name in C.FIELDS:

@@ -1,18 +1,29 @@
-"""Dynamic batching: a bounded queue of generation jobs and one worker thread that runs them.
+"""Scheduling: a bounded queue of generation jobs and one worker thread that decodes them.
 
-The worker takes the oldest waiting job, waits up to ``batch_wait_ms`` (counted from that job's
-arrival) for more jobs with the same batching key (the same :class:`DecodeConfig` apart from the
-seed), and decodes up to ``max_batch_size`` of them as one batch with
-:func:`dpad.engine.decode_batch`; jobs with other keys wait for a later batch.
+Two schedulers with the same interface (``submit``, ``withdraw``, ``cancel_all``, ``waiting``,
+``running``):
+
+- :class:`ContinuousScheduler` (the default): one running batch on the step-wise
+  :class:`~dpad.engine.Engine`. A validated request joins at the next step and leaves the moment
+  it is final (EOS, a stop string, ``max_tokens``, cancelled); rows with any settings, prompt and
+  gen lengths share forwards. Admission is first come, first served within two bounds:
+  ``max_batch_size`` rows and ``max_batch_tokens``, a budget on the sum over running rows of
+  prompt + gen length (the most tokens a row feeds in one forward); the oldest waiting request is
+  admitted first and no later one overtakes it, so none starves (a request over the budget on its
+  own runs alone).
+- :class:`ClosedScheduler` (``--scheduler closed``): the earlier closed batches. The worker takes
+  the oldest waiting job, waits up to ``batch_wait_ms`` for more jobs with the same
+  :class:`DecodeConfig` apart from the seed, and decodes up to ``max_batch_size`` of them with
+  :func:`dpad.engine.decode_batch`; a job waits for the running batch to end.
 
 Each job follows its row through the engine's per-block callback: the response text is updated
 block by block (a :class:`TextTracker`), deltas are pushed to the job's event sink as soon as a block
-is committed, and the row leaves the batch as soon as its response is final (EOS, a stop string,
-``max_tokens`` reached) or its client went away (:meth:`Job.cancel`, checked before every forward).
+is committed, and the row leaves as soon as its response is final or its client went away
+(:meth:`Job.cancel`, checked before every forward).
 
-Failures are per row: an error in one row's callback fails that row only; if the batch's decode
-itself fails, its unfinished rows are decoded again one by one, so only the row that fails alone
-gets an error (500 ``server_error``) and the others complete.
+Failures are per row: an error in one row's callback fails that row only; if a forward itself
+fails, the rows it held are decoded again one by one, so only a row that fails alone gets an error
+(500 ``server_error``) and the others complete with the text they get alone.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import DecodeConfig
-from ..engine import BlockEvent, decode_batch
+from ..engine import BlockEvent, Engine, Finished, decode_batch
+from ..errors import ConfigError
 from .metrics import Metrics
 
 log = logging.getLogger("dpad.serve")
@@ -111,7 +123,7 @@ class TextTracker:
         return delta
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One request's generation: a prompt, its config and where its events go.
 
@@ -187,25 +199,31 @@ def batch_key(cfg: DecodeConfig) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
-class Scheduler:
-    """Collects jobs into batches and runs them on one worker thread."""
+class _Queue:
+    """The bounded queue and the worker thread; subclasses say how the worker decodes."""
 
-    def __init__(self, lm, *, max_batch_size: int = 8, max_queue: int = 64, batch_wait_ms: float = 10.0,  # noqa: ANN001
-                 metrics: Metrics | None = None) -> None:
+    kind = "base"
+
+    def __init__(self, lm, *, max_batch_size: int = 8, max_queue: int = 64, metrics: Metrics | None = None) -> None:  # noqa: ANN001
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
         self.lm = lm
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
-        self.batch_wait = max(0.0, batch_wait_ms) / 1000.0
         self.metrics = metrics or Metrics()
         self.queue: collections.deque[Job] = collections.deque()
         self.cv = threading.Condition()
-        self.running = 0
-        self.current: list[Job] = []
         self.stopping = False
         self.thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> int:
+        return len(self.current)
+
+    @property
+    def current(self) -> list[Job]:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ client side
     def start(self) -> None:
@@ -216,7 +234,7 @@ class Scheduler:
 
     def cancel_all(self) -> int:
         """Fail every waiting and running job with 503 ``server_shutting_down`` (running rows leave
-        their batch before their next forward); new jobs are refused. Returns the jobs cancelled."""
+        before their next forward); new jobs are refused. Returns the jobs cancelled."""
         with self.cv:
             self.stopping = True
             jobs = [j for j in list(self.queue) + self.current if not j.finished]
@@ -258,6 +276,175 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self.queue)
 
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    def _decode_alone(self, jobs: list[Job], e: BaseException) -> None:
+        """After a failed forward: decode each unfinished job alone, so that only a row that fails on
+        its own gets the error (the others' text is what they get alone; text already streamed is
+        not sent twice)."""
+        if len(jobs) == 1:
+            jobs[0].fail(internal_error(e, "a request failed"))
+            return
+        log.warning("a forward of %d rows failed (%s: %s); decoding its rows one by one", len(jobs),
+                    type(e).__name__, str(e)[:200])
+        for j in jobs:
+            if j.finished or j.cancelled.is_set():
+                continue
+            try:
+                self._run_alone(j)
+            except Exception as e1:  # noqa: BLE001 - this row only
+                j.fail(internal_error(e1, "a request failed"))
+
+    def _run_alone(self, j: Job) -> None:
+        lm = self.lm
+        out = decode_batch(lm.model, [j.ids], j.cfg, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id,
+                           eot_id=getattr(lm, "eot_token_id", None), on_block=j.on_block,
+                           is_cancelled=lambda _: j.cancelled.is_set())[0]
+        self.metrics.batch_forwards.inc(out.batch_forwards)
+        if not j.finished and not j.cancelled.is_set():  # not reached: the last block finishes a row
+            j.tracker.update(out.generated, True)
+            j.finish(out.nfe)
+
+
+class ContinuousScheduler(_Queue):
+    """Continuous batching on one :class:`~dpad.engine.Engine` (see the module docstring)."""
+
+    kind = "continuous"
+
+    def __init__(self, lm, *, max_batch_size: int = 8, max_queue: int = 64,  # noqa: ANN001
+                 max_batch_tokens: int | None = None, metrics: Metrics | None = None) -> None:
+        super().__init__(lm, max_batch_size=max_batch_size, max_queue=max_queue, metrics=metrics)
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be >= 1")
+        self.max_batch_tokens = max_batch_tokens
+        self.engine = self._new_engine()
+        self.rows: dict[Job, Any] = {}  # running jobs -> their engine requests
+        self.admission_gate: Callable[[], bool] | None = None
+        """Tests: when set, an idle worker admits nothing until it returns True (checked under the lock)."""
+
+    def _new_engine(self) -> Engine:
+        lm = self.lm
+        return Engine(lm.model, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id,
+                      eot_id=getattr(lm, "eot_token_id", None))
+
+    @property
+    def current(self) -> list[Job]:
+        return list(self.rows)
+
+    @staticmethod
+    def cost(job: Job) -> int:
+        """The most tokens the job's row feeds in one forward: its prompt and gen length."""
+        return len(job.ids) + job.cfg.gen_length
+
+    def _admit(self) -> list[Job] | None:
+        """The waiting jobs that join now, oldest first (blocks while nothing runs or waits)."""
+        with self.cv:
+            while not self.rows and not self.stopping and (
+                    not self.queue or (self.admission_gate is not None and not self.admission_gate())):
+                self.cv.wait(1.0 if self.admission_gate is not None else None)
+            if self.stopping:
+                return None
+            taken: list[Job] = []
+            tokens = sum(self.cost(j) for j in self.rows)
+            while self.queue and len(self.rows) + len(taken) < self.max_batch_size:
+                j = self.queue[0]
+                c = self.cost(j)
+                if (self.max_batch_tokens is not None and tokens + c > self.max_batch_tokens
+                        and (self.rows or taken)):
+                    break  # the oldest waits for room; nobody overtakes it
+                self.queue.popleft()
+                if j.cancelled.is_set():
+                    continue
+                taken.append(j)
+                tokens += c
+            return taken
+
+    def _work(self) -> None:
+        while True:
+            new = self._admit()
+            if new is None:
+                self._abort_all()
+                return
+            try:
+                self._run_step(new)
+            except Exception as e:  # noqa: BLE001 - a scheduler bug: fail the rows it held, keep serving
+                p = internal_error(e, "the scheduler failed")
+                for j in list(self.rows) + new:
+                    j.fail(dict(p))
+                self._abort_all()
+
+    def _run_step(self, new: list[Job]) -> None:
+        """Admit ``new``, then one engine step."""
+        now = time.monotonic()
+        for j in new:
+            self.metrics.queue_wait.observe(now - j.arrived)
+            try:
+                req = self.engine.add(j.ids, j.cfg, on_block=j.on_block, is_cancelled=j.cancelled.is_set, tag=j)
+            except ConfigError as e:  # validated before queueing; kept as a guard
+                j.fail({"status": 400, "message": str(e), "param": getattr(e, "field", None), "code": None,
+                        "type": "invalid_request_error"})
+                continue
+            with self.cv:
+                self.rows[j] = req
+        if self.engine.running:
+            self._step()
+
+    def _step(self) -> None:
+        eng, m = self.engine, self.metrics
+        n = len(eng.running)
+        for j in self.rows:
+            j.batch_size = max(j.batch_size, n)
+        f0 = eng.forwards
+        try:
+            events = eng.step()
+        except Exception as e:  # noqa: BLE001 - a forward failed: isolate the rows it held
+            jobs = list(self.rows)
+            self.engine = self._new_engine()
+            with self.cv:
+                self.rows.clear()
+            self._decode_alone(jobs, e)
+            return
+        m.batch_forwards.inc(eng.forwards - f0)
+        for rows, tokens in eng.runner.last_forwards:
+            m.rows_per_forward.observe(rows)
+            m.tokens_per_forward.observe(tokens)
+        for ev in events:
+            if not isinstance(ev, Finished):
+                continue
+            j = ev.row
+            with self.cv:
+                self.rows.pop(j, None)
+            if not j.finished and not j.cancelled.is_set():  # not reached: the last block finishes a row
+                try:
+                    j.tracker.update(ev.output.generated, True)
+                    j.finish(ev.output.nfe)
+                except Exception as e:  # noqa: BLE001 - this row only
+                    j.fail(internal_error(e, "a row failed at its end"))
+
+    def _abort_all(self) -> None:
+        for req in list(self.rows.values()):
+            self.engine.abort(req)
+        with self.cv:
+            self.rows.clear()
+        self.engine = self._new_engine()
+
+
+class ClosedScheduler(_Queue):
+    """Closed batches of jobs with equal configs (see the module docstring)."""
+
+    kind = "closed"
+
+    def __init__(self, lm, *, max_batch_size: int = 8, max_queue: int = 64, batch_wait_ms: float = 10.0,  # noqa: ANN001
+                 metrics: Metrics | None = None) -> None:
+        super().__init__(lm, max_batch_size=max_batch_size, max_queue=max_queue, metrics=metrics)
+        self.batch_wait = max(0.0, batch_wait_ms) / 1000.0
+        self.batch: list[Job] = []
+
+    @property
+    def current(self) -> list[Job]:
+        return list(self.batch)
+
     # ------------------------------------------------------------------ worker side
     def _take_batch(self) -> list[Job] | None:
         """The next batch: a full group of compatible jobs as soon as there is one, else the oldest
@@ -278,8 +465,7 @@ class Scheduler:
                     batch = (full or groups[first.key])[: self.max_batch_size]
                     for j in batch:
                         self.queue.remove(j)
-                    self.current = batch
-                    self.running = len(batch)
+                    self.batch = batch
                     return batch
                 self.cv.wait(wait)  # more compatible jobs may arrive
 
@@ -294,28 +480,15 @@ class Scheduler:
                     self._run_isolated(batch)
             finally:
                 with self.cv:
-                    self.running = 0
-                    self.current = []
+                    self.batch = []
 
     def _run_isolated(self, batch: list[Job]) -> None:
         """Decode a batch; if the decode fails, decode its unfinished rows one by one so that only a
         row that fails on its own gets the error."""
         try:
             self._run(batch)
-            return
         except Exception as e:  # noqa: BLE001
-            if len(batch) == 1:
-                batch[0].fail(internal_error(e, "a request failed"))
-                return
-            log.warning("a batch of %d rows failed (%s: %s); decoding its rows one by one", len(batch),
-                        type(e).__name__, str(e)[:200])
-        for j in batch:
-            if j.finished or j.cancelled.is_set():
-                continue
-            try:
-                self._run([j])
-            except Exception as e:  # noqa: BLE001 - this row only
-                j.fail(internal_error(e, "a request failed"))
+            self._decode_alone(batch, e)
 
     def _run(self, batch: list[Job]) -> None:
         lm = self.lm
@@ -337,3 +510,7 @@ class Scheduler:
             if not j.finished and not j.cancelled.is_set():  # not reached: the last block finishes a row
                 j.tracker.update(out.generated, True)
                 j.finish(out.nfe)
+
+
+Scheduler = ContinuousScheduler
+SCHEDULERS: dict[str, type[_Queue]] = {"continuous": ContinuousScheduler, "closed": ClosedScheduler}

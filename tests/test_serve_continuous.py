@@ -1,0 +1,164 @@
+"""Continuous batching in ``dpad serve``: requests join the running batch at the next step and leave
+when they are final; rows with other settings and lengths share forwards; the token budget admits
+first come, first served; the ``method`` request field. Deterministic: what is checked is the order
+of engine steps, never wall-clock time."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import BatchGate
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+import dpad  # noqa: E402
+from dpad.config import DecodeConfig  # noqa: E402
+from dpad.models import LoadedModel  # noqa: E402
+from dpad.serve import ServerThread, create_app  # noqa: E402
+from dpad.serve import scheduler as scheduler_mod  # noqa: E402
+from dpad.synthetic import arith  # noqa: E402
+
+MODEL = "dpad-embedded"
+FAST = DecodeConfig(gen_length=64, block_length=16, threshold=0.9, cache="prefix", suffix="gaussian", window=64,
+                    sigma=4.0, scale=2.0, early_termination=True)
+QS = [p.question for p in arith.generate("test", 4, 0)]
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedModel:
+    return dpad.load()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0] == name)
+
+
+def wait_for(cond, what: str) -> None:  # noqa: ANN001
+    """Poll ``cond``; the bound is a safety net only (a hung server fails the test instead of hanging it)."""
+    import time
+
+    t_end = time.monotonic() + 120
+    while not cond():
+        assert time.monotonic() < t_end, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def test_a_request_arriving_mid_batch_finishes_first(lm: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long one-token-per-step request runs; a short fast request with other settings and another
+    length arrives after it has taken steps, shares its forwards, finishes (with the text it gets
+    alone) while the long one is still decoding, and the long one completes after it."""
+    app = create_app(lm, model_id=MODEL, defaults=FAST, max_batch_size=4)
+    sched = app.state.dpad.scheduler
+    steps = {"n": 0}
+    step = sched._step
+
+    def counting() -> None:
+        steps["n"] += 1
+        step()
+
+    monkeypatch.setattr(sched, "_step", counting)
+    finished: list[int] = []
+    finish = scheduler_mod.Job.finish
+
+    def record(self, nfe: int) -> None:  # noqa: ANN001
+        finished.append(self.tracker.max_tokens)
+        finish(self, nfe)
+
+    monkeypatch.setattr(scheduler_mod.Job, "finish", record)
+    long_body = {"model": MODEL, "prompt": QS[0], "max_tokens": 128, "method": "vanilla"}
+    short_body = {"model": MODEL, "prompt": QS[1], "max_tokens": 48, "seed": 5}
+    with ServerThread(app) as url:
+        alone = httpx.post(url + "/v1/completions", json=short_body, timeout=120).json()
+        finished.clear()
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.setdefault("long", httpx.post(
+            url + "/v1/completions", json=long_body, timeout=300).json()))
+        t.start()
+        wait_for(lambda: sched.running == 1 and steps["n"] >= 5, "the long request running")
+        s0 = steps["n"]
+        short = httpx.post(url + "/v1/completions", json=short_body, timeout=120).json()
+        assert sched.running == 1 and t.is_alive()  # the long one is still decoding
+        t.join(300)
+        m = httpx.get(url + "/metrics").text
+    assert finished == [48, 128]
+    assert short["choices"][0]["text"] == alone["choices"][0]["text"] != ""
+    assert short["dpad"]["batch_size"] == 2 and short["dpad"]["method"] == "parallel+prefix+dpad"
+    assert out["long"]["dpad"]["method"] == "vanilla" and out["long"]["dpad"]["nfe"] > short["dpad"]["nfe"]
+    assert steps["n"] - s0 < 128  # the short request did not wait for the long one to end
+    assert metric(m, "dpad_rows_per_forward_count") > 0 and metric(m, "dpad_queue_wait_seconds_count") >= 3
+    assert metric(m, "dpad_tokens_per_forward_sum") > 0
+
+
+def test_mixed_requests_share_forwards_and_keep_their_text(lm: LoadedModel) -> None:
+    """Four requests with four settings and lengths start together (BatchGate), share forwards, and
+    each gets the text it gets alone."""
+    app = create_app(lm, model_id=MODEL, defaults=FAST, max_batch_size=4)
+    gate = BatchGate(app.state.dpad.scheduler)
+    bodies = [
+        {"model": MODEL, "prompt": QS[0], "max_tokens": 64},
+        {"model": MODEL, "prompt": QS[1], "max_tokens": 32, "cache": "dual", "seed": 3},
+        {"model": MODEL, "prompt": QS[2], "max_tokens": 48, "method": "parallel+prefix"},
+        {"model": MODEL, "prompt": QS[3], "max_tokens": 64, "threshold": None, "steps": 32, "cache": "none"},
+    ]
+    with ServerThread(app) as url:
+        alone = [httpx.post(url + "/v1/completions", json=b, timeout=120).json()["choices"][0]["text"]
+                 for b in bodies]
+        f0 = metric(httpx.get(url + "/metrics").text, "dpad_batch_forwards_total")
+        gate.expect(4)
+        out: list = [None] * 4
+        ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, httpx.post(
+            url + "/v1/completions", json=bodies[i], timeout=120).json())) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        m = httpx.get(url + "/metrics").text
+    assert [o["choices"][0]["text"] for o in out] == alone
+    assert all(o["dpad"]["batch_size"] == 4 for o in out)
+    used = metric(m, "dpad_batch_forwards_total") - f0
+    assert used < sum(o["dpad"]["nfe"] for o in out)  # rows shared forwards
+
+
+def test_token_budget_admits_first_come_first_served(lm: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a budget smaller than two rows, requests run one at a time, in arrival order."""
+    app = create_app(lm, model_id=MODEL, defaults=FAST, max_batch_size=8, max_batch_tokens=1)
+    sched = app.state.dpad.scheduler
+    gate = BatchGate(sched)
+    order: list[str] = []
+    finish = scheduler_mod.Job.finish
+    monkeypatch.setattr(scheduler_mod.Job, "finish", lambda self, nfe: (order.append(self.ids[-1]), finish(self, nfe)))
+    seen: list[int] = []
+    step = sched._step
+    monkeypatch.setattr(sched, "_step", lambda: (seen.append(sched.running), step()))
+    with ServerThread(app) as url:
+        gate.expect(3)
+        out: dict = {}
+        ts = []
+        for i in range(3):
+            body = {"model": MODEL, "prompt": [5 + i, 6, 7, 8 + i], "max_tokens": 32, "chat": False}
+            ts.append(threading.Thread(target=lambda i=i, b=body: out.setdefault(i, httpx.post(
+                url + "/v1/completions", json=b, timeout=120))))
+            ts[-1].start()
+            # arrival order 0, 1, 2 (the gate admits once the third is queued: it may be done at once)
+            wait_for(lambda i=i: sched.waiting == i + 1 or (i == 2 and bool(sched.running or order)), "queued")
+        for t in ts:
+            t.join(120)
+    assert [out[i].status_code for i in range(3)] == [200, 200, 200]
+    assert order == [8, 9, 10] and set(seen) == {1}
+
+
+def test_method_field(lm: LoadedModel) -> None:
+    app = create_app(lm, model_id=MODEL, defaults=FAST)
+    with ServerThread(app) as url:
+        r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": QS[0], "max_tokens": 32,
+                                                      "method": "vanilla"}, timeout=120).json()
+        assert r["dpad"]["method"] == "vanilla" and r["dpad"]["nfe"] == 32
+        bad = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": QS[0], "method": "warp"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "method"
+        assert "unknown part" in bad.json()["error"]["message"]
+        h = httpx.get(url + "/health").json()
+    assert h["scheduler"] == "continuous"
