@@ -161,15 +161,8 @@ def generate(lm: LoadedModel, prompts: str | list[int] | list[str] | list[list[i
     for ids in encoded:  # validate every prompt before any heavy work
         check_length(len(ids), cfg, lm.args.max_seq_len)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    if any(len(e) == 0 for e in encoded):  # an empty prompt decodes on its own
-        order = [i for i in order if encoded[i]] + [i for i in order if not encoded[i]]
     results: list[Generation | None] = [None] * len(encoded)
-    chunks: list[list[int]] = []
-    for i in order:
-        if chunks and len(chunks[-1]) < batch_size and bool(encoded[chunks[-1][0]]) == bool(encoded[i]):
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in chunks:
         outs = decode_batch(lm.model, [encoded[i] for i in chunk], cfg, mask_id=lm.mask_token_id,
                             eos_id=lm.eos_token_id, eot_id=getattr(lm, "eot_token_id", None))

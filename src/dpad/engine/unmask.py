@@ -490,16 +490,21 @@ def select_batch(logits: torch.Tensor, masked: torch.Tensor, confidences: list[s
     if any(name in RANKED_RULES and RANKED_RULES[name].needs_entropy for name in names):
         ent = torch.special.entr(p).sum(-1).gather(1, order)
     rank = torch.arange(L, device=dev)
-    accept = torch.zeros((n, L), dtype=torch.bool, device=dev)
-    for name in dict.fromkeys(names):
-        rows = torch.tensor([x == name for x in names], device=dev)
+    kinds = list(dict.fromkeys(names))
+    accept = None
+    for name in kinds:
         if name == "count":
             acc = _count_accept(rules, left, rank)
         else:
             knob = torch.tensor([r.knob for r in rules], dtype=torch.float64, device=dev)
             acc = RANKED_RULES[name].accept_rows(ranked, knob, ent)
             acc[:, 0] = True
-        accept = torch.where(rows[:, None], acc, accept)
+        if len(kinds) == 1:
+            accept = acc
+        else:
+            rows = torch.tensor([x == name for x in names], device=dev)
+            accept = torch.where(rows[:, None], acc, accept if accept is not None else torch.zeros_like(acc))
+    assert accept is not None
     accept &= rank[None] < left[:, None]
     chosen = torch.zeros_like(accept).scatter_(1, order, accept)
     return chosen, x0
