@@ -16,7 +16,7 @@ from test_golden_parity import eos_of, to_config
 from dpad.config import DecodeConfig
 from dpad.engine import decode
 from dpad.models import load
-from dpad.models.compiled import CompiledForward, round_up
+from dpad.models.compiled import CompiledForward, compile_model, round_up
 
 CASES = load_cases()
 # LLaDA cases of every cache kind, with and without DPad, threshold and early termination
@@ -31,7 +31,7 @@ def _config(case: dict) -> DecodeConfig:
 def eager_and_bucketed(golden_dir):  # noqa: ANN001, ANN201
     eager = load(golden_dir / "llada-tiny", dtype="float64")
     comp = load(golden_dir / "llada-tiny", dtype="float64")
-    comp.model.compile(backend="eager", bucket=16, verbose=False)
+    compile_model(comp.model, backend="eager", bucket=16, verbose=False)
     return eager, comp
 
 
@@ -86,7 +86,7 @@ def test_inductor_compiled_equals_eager(golden_dir) -> None:  # noqa: ANN001
     """torch.compile (inductor, dynamic shapes: the CPU default) on golden cases, float64."""
     eager = load(golden_dir / "llada-tiny", dtype="float64")
     comp = load(golden_dir / "llada-tiny", dtype="float64")
-    comp.model.compile(verbose=False)
+    compile_model(comp.model, verbose=False)
     for case in PICK[:3]:
         cfg = _config(case)
         eos = eos_of(case)

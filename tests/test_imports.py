@@ -13,10 +13,7 @@ ENTRY_POINT = "dpad.cli"
 # Circles allowed while they are being removed elsewhere: each entry is one strongly connected
 # component, allowed only exactly as it is (a circle that grows or a new one fails). Delete the
 # entry with the fix.
-ALLOWED_WHILE_BEING_FIXED: dict[str, frozenset[str]] = {
-    "models.layers <-> models.compiled (with moe), issue 18 part 2: the layers should not know their "
-    "compiled wrapper": frozenset({"dpad.models.layers", "dpad.models.compiled", "dpad.models.moe"}),
-}
+ALLOWED_WHILE_BEING_FIXED: dict[str, frozenset[str]] = {}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

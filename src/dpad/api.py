@@ -54,11 +54,11 @@ def load(path: str | Path | None = None, device: str | torch.device | None = "au
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
     lm = _load_checkpoint(EMBEDDED_MODEL if path is None else path, device=dev, dtype=dtype, revision=revision)
     if compile is not False:
-        from .models.compiled import default_options, warm_up
+        from .models.compiled import compile_model, default_options, warm_up
 
         opts = {**default_options(dev), **(compile if isinstance(compile, dict) else {})}
         try:
-            lm.model.compile(**opts)
+            compile_model(lm.model, **opts)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"compile options {compile!r}: {e}") from e
         warm_up(lm.model)

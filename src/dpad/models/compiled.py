@@ -185,6 +185,13 @@ class CompiledForward:
                 "backend": self.backend_name}
 
 
+def compile_model(model: Transformer, **options: Any) -> Transformer:
+    """Route ``model``'s inference forwards through ``torch.compile`` (see :class:`CompiledForward`
+    for ``options``: mode, bucket, backend). Returns the model."""
+    model.compiled = CompiledForward(model, **options)
+    return model
+
+
 def default_options(device: torch.device) -> dict[str, Any]:
     """CPU: dynamic shapes (no padding). CUDA: buckets of 64 tokens + CUDA graphs."""
     if device.type == "cuda":

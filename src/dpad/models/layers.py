@@ -17,15 +17,12 @@ before the gain; rotary tables are float32; LLaDA rotates q/k in float32
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from .moe import MoEArgs
 
 
 @dataclass
@@ -90,11 +87,15 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, theta: float, full_precision: bool, max_len: int = 0) -> None:
         super().__init__()
+        self.theta = theta
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.full_precision = full_precision
         self.max_len = max_len
-        self._table: tuple[torch.Tensor, torch.Tensor] | None = None
+        # built here, not on first use: a compiled (CUDA-graph) forward must find them, never make them
+        cos, sin = self._cos_signed_sin(self._angles(torch.arange(max_len))) if max_len else (None, None)
+        self.register_buffer("cos_table", cos, persistent=False)
+        self.register_buffer("sin_table", sin, persistent=False)
 
     def _angles(self, positions: torch.Tensor) -> torch.Tensor:
         angle = positions.to(torch.float32)[..., None] * self.inv_freq.float()
@@ -108,11 +109,15 @@ class Rotary(nn.Module):
         return emb.cos(), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
     def table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos / signed sin ``[max_len, head_dim]`` (float32), built on first use on the buffers' device."""
-        t = self._table
-        if t is None or t[0].device != self.inv_freq.device:
-            t = self._table = self._cos_signed_sin(self._angles(torch.arange(self.max_len, device=self.inv_freq.device)))
-        return t
+        """cos / signed sin ``[max_len, head_dim]`` (float32), built with the module (buffers: they move
+        with it). A module cast to another dtype gets its float32 tables back here."""
+        if self.cos_table.dtype != torch.float32:
+            inv = 1.0 / (self.theta ** (torch.arange(0, len(self.inv_freq) * 2, 2, dtype=torch.float32,
+                                                     device=self.inv_freq.device) / (len(self.inv_freq) * 2)))
+            self.inv_freq = inv
+            cos, sin = self._cos_signed_sin(self._angles(torch.arange(self.max_len, device=inv.device)))
+            self.cos_table, self.sin_table = cos, sin
+        return self.cos_table, self.sin_table
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 cos and signed sin (the sin of the first half negated) of shape [B, 1, T, head_dim]
@@ -283,12 +288,9 @@ class Attention(nn.Module):
         q, k, v = self._project(x, rotary, cos, sin, rows)
         if cache is not None:
             k, v = cache.update(layer, cache_start, k, v)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # grouped K/V heads (Dream: 7 query heads per K/V head) are read in place, never repeated
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, q.shape[2], -1))
 
 
@@ -311,6 +313,56 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+@dataclass
+class MoEArgs:
+    n_experts: int
+    top_k: int
+    expert_dim: int
+    layers: tuple[bool, ...]  # True: MoE feed-forward at this layer; False: dense MLP (hidden_dim)
+    shared_dim: int | None = None
+
+
+class SparseMoE(nn.Module):
+    """Mixture-of-experts feed-forward with softmax top-k routing (LLaDA-MoE).
+
+    Numerics follow the official LLaDA-MoE modelling code exactly:
+
+    - router logits ``gate(h)`` in the model dtype, softmax over the experts in **float32**;
+    - top-k of those probabilities; the selected probabilities are the weights, **not renormalised**
+      (the official code fixes ``norm_topk_prob`` to False) and not scaled, then cast to the model dtype;
+    - each expert is a SwiGLU MLP; a token's output is the sum over its selected experts of
+      ``expert(h) * weight``, accumulated in ascending expert order (the official ``index_add_`` loop);
+    - an optional shared expert (``shared_expert_intermediate_size``) is added to the routed sum.
+
+    Tokens are gathered per expert (only the experts that some token selected run), so a batch of
+    rows and a pruned DPad view cost only the tokens they hold."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        moe = args.moe
+        assert moe is not None
+        self.top_k = moe.top_k
+        self.gate = nn.Linear(args.dim, moe.n_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(replace(args, hidden_dim=moe.expert_dim)) for _ in range(moe.n_experts))
+        if moe.shared_dim is not None:
+            self.shared = MLP(replace(args, hidden_dim=moe.shared_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        h = x.reshape(-1, shape[-1])
+        probs = torch.softmax(self.gate(h), dim=-1, dtype=torch.float32)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        weights = weights.to(h.dtype)
+        out = torch.zeros_like(h)
+        by_slot = chosen.t()  # [k, N]: the official loop gathers slot-major
+        for e in torch.unique(chosen).tolist():
+            slot, tok = torch.where(by_slot == e)
+            out.index_add_(0, tok, self.experts[e](h[tok]) * weights[tok, slot, None])
+        if hasattr(self, "shared"):
+            out = out + self.shared(h)
+        return out.reshape(shape)
+
+
 class Block(nn.Module):
     def __init__(self, args: ModelArgs, index: int = 0) -> None:
         super().__init__()
@@ -318,8 +370,6 @@ class Block(nn.Module):
         self.attn = Attention(args)
         self.mlp_norm = RMSNorm(args.dim, args.norm_eps)
         if args.moe is not None and args.moe.layers[index]:
-            from .moe import SparseMoE
-
             self.mlp = SparseMoE(args)
         else:
             self.mlp = MLP(args)
@@ -357,14 +407,6 @@ class Transformer(nn.Module):
             return self.compiled.new_cache(batch, slots)
         a = self.args
         return KVCache(a.n_layers, batch, a.n_kv_heads, slots, a.head_dim, self.dtype, self.device)
-
-    def compile(self, **options: Any) -> Transformer:  # type: ignore[override]
-        """Route inference forwards through ``torch.compile`` (see :class:`~dpad.models.compiled.CompiledForward`
-        for ``options``: mode, bucket, backend). Returns the model."""
-        from .compiled import CompiledForward
-
-        self.compiled = CompiledForward(self, **options)
-        return self
 
     def forward(
         self,
