@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -268,7 +268,7 @@ class Runner:
             c0 = time.perf_counter()
         out = self.model(ids, pos, cache=cache, cache_start=0, key_mask=key_mask, logits_range=lrows)
         self.forwards += 1
-        self.last_forwards.append((len(rows), sum(r.length for r in rows)))
+        self.last_forwards.append((len(rows), sum(r.length for r in rows)))  # (compiled: padding rows included)
         if self.cuda:
             t1.record()
             return out, (t0, t1)
@@ -288,8 +288,19 @@ class Runner:
     def _width(self, T: int) -> int:
         return T if self.bucket is None else -(-T // self.bucket) * self.bucket
 
+    def _bucket_rows(self, rows: Sequence[RowInput]) -> Sequence[RowInput]:
+        """Compiled: the rows padded to a power of two with copies of the first row that store
+        nothing and whose outputs are dropped, so a decode whose rows come and go reuses few graphs."""
+        n = len(rows)
+        nb = 1 << (n - 1).bit_length()
+        if not self.compiled or nb == n:
+            return rows
+        return list(rows) + [replace(rows[0], store=False, cfg_scale=0.0)] * (nb - n)
+
     def forward_full(self, rows: Sequence[RowInput]):  # noqa: ANN201
         """Rows fed their whole view; rows with ``store`` keep their K/V in the pool."""
+        real = len(rows)
+        rows = self._bucket_rows(rows)
         unc = any(r.cfg_scale > 0 for r in rows)
         meta = self._meta(rows, unc)
         T = self._width(max(r.length for r in rows))
@@ -308,10 +319,12 @@ class Runner:
         if unc:
             self.forwards += 1  # the unconditional rows count as a forward of their own (NFE)
         cols, block = self._block(rows, meta, cv)
-        return self._guided(rows, out), cols, block, timing
+        return self._guided(rows, out)[:real], cols[:real], block[:real], timing
 
     def forward_cached(self, rows: Sequence[RowInput]):  # noqa: ANN201
         """Rows fed part of their view, reading their stored K/V for the rest."""
+        real = len(rows)
+        rows = self._bucket_rows(rows)
         meta = self._meta(rows, False)
         T = self._width(max(r.length for r in rows))
         S = max(r.size for r in rows)
@@ -325,7 +338,7 @@ class Runner:
             km = torch.arange(width, device=self.dev)[None] < meta[:, 3:4]
         out, timing = self._call(rows, ids, pos, _Read(self.pool, prow, slots, width), km, lrows)
         cols, block = self._block(rows, meta, cv)
-        return out, cols, block, timing
+        return out[:real], cols[:real], block[:real], timing
 
     def write(self, rows: Sequence[RowInput], cols: torch.Tensor, ids: torch.Tensor) -> None:
         """Write each row's block ids ``ids`` at canvas columns ``cols`` (padded columns: the trash)."""
