@@ -224,9 +224,6 @@ class Runner:
     def trash(self) -> int:
         return self.canvas.shape[1] - 1
 
-    def read_canvas(self, crow: int, start: int, end: int) -> list[int]:
-        return self.canvas[crow, start:end].tolist()
-
     # ------------------------------------------------------------------ forwards
     def _meta(self, rows: Sequence[RowInput], unc: bool) -> torch.Tensor:
         m = [[r.crow, r.start, r.length, r.size, r.bs, r.block_length, r.prompt_len, 0] for r in rows]

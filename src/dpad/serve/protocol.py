@@ -16,8 +16,8 @@ from typing import Any
 from .. import config as C
 from ..api import check_text as api_check_text
 from ..config import DecodeConfig, preset
-from ..eval.methods import LADDER, method_config
 from ..errors import ConfigError, short_repr
+from ..eval.methods import LADDER, method_config
 
 # OpenAI fields accepted and ignored (when they hold their neutral value, see NEUTRAL).
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "stream_options",
