@@ -1,4 +1,5 @@
-"""The accuracy-preserving parallel rules: EB-sampler (``entropy_bound``) and the dependency guard
+"""The parallel rules: Fast-dLLM's factor rule with DPad's quirk (the first failure at the last rank
+commits every rank), the EB-sampler (``entropy_bound``) and the dependency guard
 (``dependency_distance`` / ``dependency_threshold``): the selection itself, validation, and their
 composition with the caches and DPad on the golden tiny model (float64, CPU)."""
 
@@ -12,7 +13,16 @@ import torch
 
 from dpad.config import DecodeConfig
 from dpad.engine import decode, decode_batch
-from dpad.engine.unmask import DependencyGuard, EntropyBounded, Proposer, Threshold, Unmasker
+from dpad.engine.unmask import (
+    DependencyGuard,
+    EntropyBounded,
+    Factor,
+    Proposer,
+    RowRule,
+    Threshold,
+    Unmasker,
+    select_batch,
+)
 from dpad.errors import ConfigError
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
@@ -59,6 +69,80 @@ def test_entropy_bounded_ranked_by_entropy() -> None:
     # ascending: 0.01, 0.02, 0.2, 0.5 -> sums minus max: 0, 0.01, 0.03, 0.23 -> the first three
     assert torch.nonzero(got).flatten().tolist() == [1, 2, 3]
     assert EntropyBounded(0.0).select(-ent, masked, 0, ent).sum() == 1
+
+
+def _logits_for(conf: torch.Tensor) -> torch.Tensor:
+    """Logits over 2 tokens whose argmax (token 0, conf > 0.5) has probability ``conf``."""
+    return torch.stack([conf, 1 - conf], -1).log()
+
+
+def _factor_count_reference(sorted_conf: list[float], f: float) -> int:
+    """How many ranks DPad's ``get_transfer_index_dynamic`` commits (llada/generate_baseline.py,
+    from its documented behaviour): bounds 1 - f/(n+1) for n = 1..m with the first set to -1; walk
+    to the first rank below its bound (the walk ends on the last rank when none is); that index,
+    plus one when it is the first or the last rank."""
+    m = len(sorted_conf)
+    bounds = [-1.0] + [1 - f / (n + 1) for n in range(2, m + 1)]
+    top = 0
+    for top in range(m):
+        if sorted_conf[top] < bounds[top]:
+            break
+    return top + 1 if top in (0, m - 1) else top
+
+
+def test_factor_commits_all_when_only_the_last_rank_fails() -> None:
+    """The quirk: bounds for f = 1 are 0.667, 0.75, 0.8, 0.833 for ranks 2..5. Ranks 1-4 pass and
+    the last (0.55 < 0.833) fails: the reference commits all five, the failing one included."""
+    conf = torch.tensor([0.95, 0.55, 0.99, 0.9, 0.85], dtype=torch.float64)  # ranked: .99 .95 .9 .85 .55
+    masked = torch.ones(5, dtype=torch.bool)
+    ranked = conf.sort(descending=True).values
+    assert _factor_count_reference(ranked.tolist(), 1.0) == 5
+    assert Factor(1.0).accept_ranked(ranked, torch.arange(5), None).tolist() == [True] * 5
+    assert Factor(1.0).select(conf, masked, 0).all()  # the one-row path
+    chosen, _ = select_batch(_logits_for(conf)[None], masked[None], ["low_confidence"],
+                             [RowRule("factor", knob=1.0)], "llada")
+    assert chosen.all()  # the batched path
+    # a failure before the last rank stops there (the failing rank and everything after it stay)
+    conf2 = torch.tensor([0.99, 0.95, 0.7, 0.6, 0.9], dtype=torch.float64)  # ranked .99 .95 .9 .7 .6: rank 4 fails
+    assert Factor(1.0).select(conf2, masked, 0).tolist() == [True, True, False, False, True]
+    conf3 = torch.tensor([0.99, 0.5, 0.6, 0.7, 0.9], dtype=torch.float64)  # ranked .99 .9 .7 .6 .5: rank 3 fails
+    assert Factor(1.0).select(conf3, masked, 0).tolist() == [True, False, False, False, True]
+    # two masks: the second failing is the last rank, so both are committed
+    two = torch.tensor([0.2, 0.1], dtype=torch.float64)
+    assert Factor(1.0).select(two, torch.ones(2, dtype=torch.bool), 0).all()
+    # unmasked positions do not count as ranks: the last *masked* rank is what matters
+    wide = torch.tensor([0.99, 0.3, 0.95, 0.1], dtype=torch.float64)
+    assert Factor(1.0).select(wide, torch.tensor([True, False, True, True]), 0).tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize("f", [0.1, 0.5, 1.0, 2.0, 4.0])
+def test_factor_matches_the_reference_count(f: float) -> None:
+    """Random confidences, both paths (batched over rows of different mask counts, and one row
+    with and without the guard) against the reference's walk."""
+    g = torch.Generator().manual_seed(int(f * 10))
+    rows, L = 200, 12
+    spread = torch.where(torch.rand(rows, 1, generator=g) < 0.5, 0.5, 0.02).to(torch.float64)
+    conf = 1 - torch.rand(rows, L, generator=g, dtype=torch.float64) ** 3 * spread  # > 0.5: the argmax
+    masked = torch.rand(rows, L, generator=g) < 0.6
+    masked[:, 0] = True
+    quirk = 0
+    for r in range(rows):
+        m = int(masked[r].sum())
+        ranked = conf[r][masked[r]].sort(descending=True).values
+        want = _factor_count_reference(ranked.tolist(), f)
+        quirk += m > 1 and want == m and bool(ranked[-1] < 1 - f / (m + 1))
+        one = Factor(f).select(conf[r], masked[r], 0)
+        assert int(one.sum()) == want and not (one & ~masked[r]).any()
+        assert bool((conf[r][one].min() >= conf[r][masked[r] & ~one].max()) if want < m else True)
+        wide = DependencyGuard(Factor(f), 0, math.inf).select(conf[r], masked[r], 0)
+        assert torch.equal(wide, one)  # distance 0 never drops a position
+    # the batched path: the confidences as each position's probability of its argmax
+    lg = _logits_for(conf)
+    chosen, _ = select_batch(lg, masked, ["low_confidence"] * rows, [RowRule("factor", knob=f)] * rows, "llada")
+    for r in range(rows):
+        one = Factor(f).select(torch.softmax(lg[r], -1)[:, 0], masked[r], 0)
+        assert torch.equal(chosen[r], one), r
+    assert quirk > 0  # some rows hit the quirk
 
 
 def test_dependency_guard_selection() -> None:

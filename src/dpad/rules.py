@@ -74,7 +74,8 @@ def by_short(short: str) -> RuleSpec:
 register(RuleSpec("threshold", "threshold", 0.0, 1.0, True, False,
                   "Fast-dLLM parallel decoding: commit every position with confidence >= this (top-1 always)"))
 register(RuleSpec("factor", "factor", 0.0, None, True, False,
-                  "Fast-dLLM factor rule: commit the n-th most confident while c_n >= 1 - f / (n + 1)"))
+                  "Fast-dLLM factor rule: commit the n-th most confident while c_n >= 1 - f / (n + 1) "
+                  "(all of them when only the last fails, as DPad's reference)"))
 register(RuleSpec("entropy_bound", "eb", 0.0, None, False, False,
                   "EB-sampler gamma (nats): commit the confidence-ranked prefix while its summed entropy "
                   "minus its largest entropy stays <= gamma"))

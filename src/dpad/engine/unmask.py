@@ -11,7 +11,8 @@ Two separable questions, answered in float64 on the block's logits only:
    ``topk_margin`` (top-1 minus top-2 probability), ``entropy`` (negative entropy),
    ``random`` (uniform), ``origin`` (Dream: each mask revealed with probability 1 - s/t).
 2. *How many* — ``Threshold`` (Fast-dLLM: the most confident always, every other one with
-   confidence >= tau), ``Factor`` (accept the n-th while c_n >= 1 - f/(n+1)),
+   confidence >= tau), ``Factor`` (accept the n-th while c_n >= 1 - f/(n+1); as the reference,
+   all of them when only the last rank fails),
    ``EntropyBounded`` (EB-sampler: the longest prefix of the confidence ranking whose summed
    entropy minus its largest entropy is <= gamma), each optionally under a ``DependencyGuard``
    (no two positions within distance D in one step unless both pass a stricter bound), or a fixed
@@ -254,7 +255,10 @@ class Threshold(BatchedRankedRule):
 
 
 class Factor(BatchedRankedRule):
-    """Fast-dLLM factor rule: accept the n-th (1-based) while c_n >= 1 - f / (n + 1)."""
+    """Fast-dLLM factor rule as DPad's ``get_transfer_index_dynamic`` runs it: accept the n-th
+    (1-based) while c_n >= 1 - f / (n + 1), the top-1 always; and, the reference's quirk
+    (docs/quirks.md), when the first rank to fail that bound is the *last* of the row's m masked
+    positions, all m are committed, the failing one included."""
 
     @property
     def f(self) -> float:
@@ -263,7 +267,10 @@ class Factor(BatchedRankedRule):
     @staticmethod
     def accept_rows(ranked: torch.Tensor, knob: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
         n = torch.arange(1, ranked.shape[1] + 1, dtype=ranked.dtype, device=ranked.device)
-        return _prefix(ranked >= 1 - knob[:, None] / (n + 1))
+        ok = _prefix(ranked >= 1 - knob[:, None] / (n + 1))
+        m = (ranked != NEG_INF).sum(1, keepdim=True)  # the row's masked positions (-inf: none)
+        last_fails = ok.sum(1, keepdim=True) == m - 1  # the first failure is the last rank
+        return ok | (last_fails & (n[None] <= m))
 
 
 class EntropyBounded(BatchedRankedRule):
