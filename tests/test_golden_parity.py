@@ -20,11 +20,13 @@ row's seeded generator.
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import MASK_ID, load_cases
 
 from dpad.config import DecodeConfig
 from dpad.engine import decode
 from dpad.engine.suffix import Explicit, GaussianDecay
+from dpad.engine.unmask import DrawSpan, Proposer, draw_rows
 
 CASES = load_cases()
 EXTRA = load_cases("cases_extra.json")
@@ -55,7 +57,8 @@ def to_config(case: dict) -> DecodeConfig:
                   cache="dual" if a["dual_cache"] else ("prefix" if a["use_cache"] else "none"),
                   early_termination=a["early_termination"])
     else:
-        kw.update(confidence=a["remasking"], threshold=a.get("threshold"),
+        kw.update(confidence=a["remasking"], threshold=a.get("threshold"), factor=a.get("factor"),
+                  temperature=a.get("temperature", 0.0), cfg_scale=a.get("cfg_scale", 0.0),
                   early_termination=a.get("early_termination", False),
                   logits_eos_inf=a.get("logits_eos_inf", False),
                   confidence_eos_eot_inf=a.get("confidence_eos_eot_inf", False))
@@ -176,3 +179,74 @@ def test_llada_eos_eot_case(case: dict, tiny_models: dict) -> None:
     assert out.generated == case["generated_ids"]
     assert out.ids == case["output_ids"]
     assert out.nfe == case["args"]["steps"]
+
+
+# ------------------------------------------------------------------ the reference's draws, LLaDA family
+def test_draw_rows_is_the_block_of_one_global_draw() -> None:
+    """The reference: torch.manual_seed(seed), then torch.rand_like over the whole [rows, V] logits
+    in float64 (twice on Fast-dLLM's prefix-cache steps), then torch.rand((1, rows)) in float32
+    for random remasking. The row's generator draws the same and keeps the block's rows."""
+    rows, V, off, n = 37, 19, 11, 8
+    for tensors in (1, 2):
+        torch.manual_seed(4321)
+        noise = [torch.rand((1, rows, V), dtype=torch.float64) for _ in range(tensors)][-1]
+        rand = torch.rand((1, rows))
+        after = torch.rand(5)
+        g = torch.Generator().manual_seed(4321)
+        span = DrawSpan(rows, off, tensors)
+        assert torch.equal(draw_rows(g, span, n, V, torch.float64, tensors), noise[0, off:off + n])
+        assert torch.equal(draw_rows(g, span, n, 0, torch.float32), rand[0, off:off + n])
+        assert torch.equal(torch.rand(5, generator=g), after)  # the stream goes on where the reference's does
+    with pytest.raises(ValueError, match="outside"):
+        draw_rows(torch.Generator(), DrawSpan(10, 5), 8, 3, torch.float64)
+
+
+def test_llada_proposer_draws_the_reference_tensors() -> None:
+    """Gumbel-max over the block's logits with the block's rows of the whole noise tensor, then
+    ``random`` confidences from the float32 draw that follows it."""
+    rows, V, off, n = 30, 16, 9, 6
+    logits = torch.randn(n, V, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.manual_seed(77)
+    noise = torch.rand((rows, V), dtype=torch.float64)[off:off + n]
+    rand = torch.rand(rows)[off:off + n].to(torch.float64)
+    prop = Proposer("random", 0.7, None, None, torch.Generator().manual_seed(77))
+    x0, conf = prop(logits, torch.ones(n, dtype=torch.bool), DrawSpan(rows, off))
+    assert torch.equal(x0, torch.argmax(logits.exp() / (-torch.log(noise)) ** 0.7, dim=-1))
+    assert torch.equal(conf, rand)
+
+
+SPAN_CASES = {  # config -> the (rows, block offset, Gumbel tensors) each forward of block 1 draws over
+    "none": (dict(), lambda P, G, B, kept: [(P + G, P + B, 1)] * 2),
+    "prefix": (dict(cache="prefix"), lambda P, G, B, kept: [(P + G, P + B, 1), (G - B, 0, 2)]),
+    "dual": (dict(cache="dual"), lambda P, G, B, kept: [(P + G, P + B, 1), (B, 0, 1)]),
+    "dpad": (dict(suffix="gaussian", scale=2.0, window=32, sigma=4.0),
+             lambda P, G, B, kept: [(P + 2 * B + kept, P + B, 1)] * 2),
+    "dpad+prefix": (dict(cache="prefix", suffix="gaussian", scale=2.0, window=32, sigma=4.0),
+                    lambda P, G, B, kept: [(P + 2 * B + kept, P + B, 1), (B + kept, 0, 1)]),
+    "fast-dllm+prefix": (dict(cache="prefix", compat="fast-dllm"), lambda P, G, B, kept: [(P + G, P + B, 1),
+                                                                                         (G - B, 0, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(SPAN_CASES))
+def test_sampled_llada_rows_draw_over_the_reference_forward(name: str, tiny_models: dict,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each forward of the second block draws over, per cache mode and with DPad: the rows of
+    the logits the reference's forward returns there (full canvas or pruned view; from the block's
+    start with the prefix cache; the block with the dual cache)."""
+    kw, want = SPAN_CASES[name]
+    P, G, B = 7, 64, 16
+    cfg = DecodeConfig(gen_length=G, block_length=B, steps=G // 2, temperature=0.8, seed=3, **kw)
+    seen: list = []
+    call = Proposer.__call__
+
+    def spy(self, logits, masked, span=None):  # noqa: ANN001, ANN202
+        seen.append(span)
+        return call(self, logits, masked, span)
+
+    monkeypatch.setattr(Proposer, "__call__", spy)
+    out = decode(tiny_models["llada-tiny"].model, list(range(1, P + 1)), cfg, mask_id=MASK_ID, eos_id=251)
+    f0 = out.forwards_per_block[0]
+    kept = len(out.kept_per_block[1])
+    got = [(s.rows, s.offset, s.gumbel) for s in seen[f0:f0 + 2]]
+    assert got == want(P, G, B, kept)

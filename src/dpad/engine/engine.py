@@ -157,7 +157,10 @@ class Engine:
         seed = cfg.seed if seed is None else int(seed)
         sp = suffix_policy or suffix_mod.from_config(cfg)
         sp.reset(seed)
-        unmasker = Unmasker(cfg, self.sampler, torch.Generator().manual_seed(seed), self.eos_id, self.eot_id)
+        # LLaDA family: one stream for the suffix's and the sampler's draws, as the references'
+        # global generator (DPad's suffix draws at each block start come between the step draws)
+        gen = getattr(sp, "gen", None) if self.sampler == "llada" else None
+        unmasker = Unmasker(cfg, self.sampler, gen or torch.Generator().manual_seed(seed), self.eos_id, self.eot_id)
         cache = cache_mod.from_config(cfg)
         self._ids += 1
         req = Request(id=self._ids, tag=self._ids if tag is None else tag, prompt=ids, cfg=cfg, seed=seed, suffix=sp,
@@ -284,7 +287,8 @@ class Engine:
                     chosen[i, 0] = masked[i, 0]
                     x0[i, 0] = torch.argmax(logits[i, 0])
                     continue
-                ch, x = r.unmasker.select(logits[i, :n], masked[i, :n], r.step)
+                span = r.unmasker.draw_span(inp.start, inp.length, r.bs, not inp.store and r.cache.refreshes)
+                ch, x = r.unmasker.select(logits[i, :n], masked[i, :n], r.step, span)
                 chosen[i, :n], x0[i, :n] = ch, x
         new = torch.where(chosen, x0, block)
         self.runner.write([inp for _, inp in group], cols, new)

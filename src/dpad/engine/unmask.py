@@ -22,9 +22,16 @@ Two separable questions, answered in float64 on the block's logits only:
 Confidences are ranked (``torch.topk``, or ``torch.multinomial`` with ``alg_temp``) laid out on
 the row's whole canvas, ``-inf`` outside the block's masks, as the reference samplers lay them
 out: equal confidences and the ``alg_temp`` draws then resolve exactly as there.
+
+LLaDA-family draws follow the reference's global stream (:class:`DrawSpan`): the LLaDA, Fast-dLLM
+and DPad samplers draw Gumbel noise (float64) over the *whole* logits tensor their forward returned
+and ``random`` confidences (float32) over its positions; the row's generator draws the same counts
+in the same order and keeps the block's part.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -60,6 +67,49 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
     return logits.masked_fill(drop, NEG_INF)
 
 
+@dataclass(frozen=True)
+class DrawSpan:
+    """Where a row's block sits in the logits the reference's forward returned at this step, so a
+    LLaDA-family row draws what the reference draws from its global generator: ``rows`` positions
+    (the full canvas without a cache and at a cached block's first forward, the canvas from the
+    block's start on a prefix-cache step, the block on a dual-cache step; with DPad, the same spans
+    of the pruned view), the block's first row at ``offset``, and ``gumbel`` Gumbel-noise tensors
+    per step (2 on the prefix-cache steps of Fast-dLLM and DPad's baseline, whose loop draws one
+    more that it throws away before the one it uses)."""
+
+    rows: int
+    offset: int = 0
+    gumbel: int = 1
+
+
+_SKIP_CHUNK = 1 << 20
+
+
+def skip_uniform(gen: torch.Generator, count: int, dtype: torch.dtype) -> None:
+    """Advance ``gen`` past ``count`` values of ``torch.rand(..., dtype=dtype)`` (CPU uniform draws
+    are sequential, so drawing and dropping them is the same as one draw of the whole tensor)."""
+    if count <= 0:
+        return
+    buf = torch.empty(min(count, _SKIP_CHUNK), dtype=dtype)
+    while count > 0:
+        k = min(count, len(buf))
+        torch.rand((k,), generator=gen, dtype=dtype, out=buf[:k])
+        count -= k
+
+
+def draw_rows(gen: torch.Generator, span: DrawSpan, n: int, width: int, dtype: torch.dtype,
+              tensors: int = 1) -> torch.Tensor:
+    """``tensors`` draws of ``torch.rand((span.rows, width))`` from ``gen``, returning rows
+    ``[offset, offset + n)`` of the last one (shape ``[n, width]``; ``width`` 0: shape ``[n]``)."""
+    w = max(width, 1)
+    if span.offset < 0 or span.offset + n > span.rows:
+        raise ValueError(f"the block (rows {span.offset}..{span.offset + n}) lies outside the drawn {span.rows} rows")
+    skip_uniform(gen, ((tensors - 1) * span.rows + span.offset) * w, dtype)
+    out = torch.rand((n, w) if width else (n,), generator=gen, dtype=dtype)
+    skip_uniform(gen, (span.rows - span.offset - n) * w, dtype)
+    return out
+
+
 class Proposer:
     """``banned``: token ids whose logits are -inf before the proposal (LLaDA's ``logits_eos_inf``:
     never proposed, and the probabilities renormalise without them). ``unconfident``: token ids
@@ -86,11 +136,17 @@ class Proposer:
         p = torch.softmax(self._filter(self._drop(logits.to(torch.float64), self.banned)), dim=-1)
         return torch.special.entr(p).sum(-1)
 
-    def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits [n, V], masked [n] -> (tokens [n], confidence [n]) in float64."""
+    def __call__(self, logits: torch.Tensor, masked: torch.Tensor,
+                 span: DrawSpan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [n, V], masked [n] -> (tokens [n], confidence [n]) in float64. ``span``: the
+        logits the reference's forward returned this step (default: just these ``n`` rows); the
+        Gumbel noise (float64, ``[rows, V]``, ``span.gumbel`` times) and then the ``random``
+        confidences (float32, ``[rows]``) are drawn over it, as the reference draws them."""
+        n, V = logits.shape
+        span = DrawSpan(n) if span is None else span
         logits = self._filter(self._drop(logits.to(torch.float64), self.banned))
         if self.temperature > 0:
-            u = torch.rand(logits.shape, generator=self.gen, dtype=torch.float64).to(logits.device)
+            u = draw_rows(self.gen, span, n, V, torch.float64, span.gumbel).to(logits.device)
             x0 = torch.argmax(logits.exp() / (-torch.log(u)) ** self.temperature, dim=-1)
         else:
             x0 = torch.argmax(logits, dim=-1)
@@ -103,8 +159,8 @@ class Proposer:
             conf = top2[..., 0] - top2[..., 1]
         elif c == "entropy":
             conf = (p * torch.log(p + 1e-10)).sum(-1)
-        elif c == "random":
-            conf = torch.rand(x0.shape, generator=self.gen, dtype=torch.float64).to(logits.device)
+        elif c == "random":  # torch.rand's default dtype, as the reference draws it
+            conf = draw_rows(self.gen, span, n, 0, torch.float32).to(logits.device, torch.float64)
         else:  # pragma: no cover - validated by DecodeConfig
             raise ValueError(c)
         return x0, conf
@@ -152,7 +208,9 @@ class DreamProposer(Proposer):
             conf = torch.rand(x0.shape, generator=self.gen, dtype=torch.float64).to(probs.device)
         return x0, conf
 
-    def __call__(self, logits: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, logits: torch.Tensor, masked: torch.Tensor,
+                 span: DrawSpan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dream draws over the masked positions only (``span`` does not apply)."""
         x0 = torch.zeros(masked.shape, dtype=torch.long, device=logits.device)
         conf = torch.full(masked.shape, NEG_INF, dtype=torch.float64, device=logits.device)
         x0[masked], conf[masked] = self.sample(logits[masked])
@@ -173,10 +231,10 @@ class CountRule:
         raise NotImplementedError
 
     def choose(self, proposer: Proposer, logits: torch.Tensor, masked: torch.Tensor, step: int,
-               layout: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Propose, then select on the confidences laid out on the canvas (``layout``: positions
-        before and after the block) -> (commit mask [n], tokens [n])."""
-        x0, conf = proposer(logits, masked)
+               layout: tuple[int, int], span: DrawSpan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Propose (drawing over ``span``), then select on the confidences laid out on the canvas
+        (``layout``: positions before and after the block) -> (commit mask [n], tokens [n])."""
+        x0, conf = proposer(logits, masked, span)
         ent = proposer.entropy(logits) if self.needs_entropy else None
         before, after = layout
         n = len(masked)
@@ -372,7 +430,7 @@ class Origin(TopK):
     revealed positions get a token proposal (and its draw, at temperature > 0)."""
 
     def choose(self, proposer: Proposer, logits: torch.Tensor, masked: torch.Tensor, step: int,
-               layout: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+               layout: tuple[int, int], span: DrawSpan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x0 = torch.zeros(masked.shape, dtype=torch.long, device=logits.device)
         out = torch.zeros_like(masked)
         idx = masked.nonzero()[:, 0]
@@ -397,6 +455,11 @@ class Unmasker:
     def __init__(self, cfg, family: str, gen: torch.Generator, eos_id: int | None = None,  # noqa: ANN001
                  eot_id: int | None = None) -> None:
         proposer = DreamProposer if family == "dream" else Proposer
+        self.reference_draws = family != "dream"
+        # Fast-dLLM's and DPad's baseline prefix-cache steps draw a Gumbel tensor they discard
+        # before the one they use; DPad's dropout generator (gaussian/uniform suffix) does not
+        self.prefix_gumbel = 1 if cfg.suffix in ("gaussian", "uniform") else 2
+        self.cache = cfg.cache
         ends = tuple(i for i in (eos_id, eot_id) if i is not None)
         banned = (eos_id,) if cfg.logits_eos_inf and eos_id is not None else ()
         unconfident = ends if cfg.confidence_eos_eot_inf else ()
@@ -421,9 +484,19 @@ class Unmasker:
         self.layout = layout
         self.rule.start_block(n_masks)
 
-    def select(self, logits: torch.Tensor, masked: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """logits [n, V], masked [n] -> (commit mask [n], tokens [n])."""
-        return self.rule.choose(self.proposer, logits, masked, step, self.layout)
+    def draw_span(self, start: int, length: int, block_start: int, cached_step: bool) -> DrawSpan | None:
+        """What the reference draws over at a forward that fed view positions ``[start, start +
+        length)`` with the block at view position ``block_start`` (``cached_step``: a forward that
+        reads a KV cache, not a block's first one). None for Dream, which draws per masked position."""
+        if not self.reference_draws:
+            return None
+        gumbel = self.prefix_gumbel if cached_step and self.cache == "prefix" else 1
+        return DrawSpan(length, block_start - start, gumbel)
+
+    def select(self, logits: torch.Tensor, masked: torch.Tensor, step: int,
+               span: DrawSpan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [n, V], masked [n] -> (commit mask [n], tokens [n]); ``span``: see :meth:`draw_span`."""
+        return self.rule.choose(self.proposer, logits, masked, step, self.layout, span)
 
 
 # --------------------------------------------------------------------------- batched selection
