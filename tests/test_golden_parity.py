@@ -11,6 +11,10 @@ Each reference function maps onto one :class:`DecodeConfig`:
 Random-window DPad cases (scale 2.0) replay the recorded kept sets with ``suffix.Explicit``.
 
 ``cases_llada_eos.json``: LLaDA's ``logits_eos_inf`` / ``confidence_eos_eot_inf`` options.
+``cases_sampled.json``: the reference samplers off the greedy path (random remasking, Gumbel
+temperature and CFG in ML-GSAI's ``generate``; Fast-dLLM at T > 0 with the threshold in each cache
+mode; DPad's factor rule in each cache mode; DPad's dropout generator at T > 0, its kept sets drawn
+from the same stream; Dream with ``alg_temp``), reproduced from the seed alone.
 ``cases_extra.json`` adds original-Dream cases with steps = gen/2 and gen/3 for every Dream
 confidence rule, greedy and sampled (temperature, top-p/top-k, ``alg_temp``): the reference's own
 random draws (``torch.manual_seed`` + ``Categorical``/``multinomial``/``rand``) are reproduced by the
@@ -31,6 +35,7 @@ from dpad.engine.unmask import DrawSpan, Proposer, draw_rows
 CASES = load_cases()
 EXTRA = load_cases("cases_extra.json")
 LLADA_EOS = load_cases("cases_llada_eos.json")
+SAMPLED = load_cases("cases_sampled.json")
 RANDOM_DPAD = [c for c in CASES if "kept_suffix_per_block" in c and c["args"].get("scale") == 2.0]
 RANDOM_IDS = {c["id"] for c in RANDOM_DPAD}
 
@@ -86,6 +91,8 @@ def expected_nfe(case: dict, cfg: DecodeConfig, blocks_decoded: int) -> int:
         # ML-GSAI's generate returns no count: it runs exactly one forward per step
         assert case["function"] == "llada.generate", f"{case['id']}: no recorded NFE"
         nfe = case["args"]["steps"]
+        if cfg.cfg_scale > 0:
+            nfe *= 2  # each step's unconditional rows: one batched forward there, counted as a forward here
     if cfg.compat == "dpad-dream" and cfg.cache != "none":
         nfe += blocks_decoded  # the refresh forward the reference does not count
     return nfe
@@ -179,6 +186,38 @@ def test_llada_eos_eot_case(case: dict, tiny_models: dict) -> None:
     assert out.generated == case["generated_ids"]
     assert out.ids == case["output_ids"]
     assert out.nfe == case["args"]["steps"]
+
+
+def test_sampled_inventory() -> None:
+    assert len(SAMPLED) >= 20 and len({c["id"] for c in SAMPLED}) == len(SAMPLED)
+    assert all(c["dtype"] == "float64" for c in SAMPLED)
+    fns = {c["function"] for c in SAMPLED}
+    for mode in ("generate", "generate_with_prefix_cache", "generate_with_dual_cache"):
+        assert f"fastdllm.{mode}" in fns and f"dpad.{mode}" in fns
+        assert any(c["function"] == f"dpad_baseline.{mode}" and c["args"].get("factor") for c in SAMPLED)
+        assert any(c["function"] == f"dpad.{mode}" and c["args"]["temperature"] > 0 for c in SAMPLED)
+    ml = [c["args"] for c in SAMPLED if c["function"] == "llada.generate"]
+    assert any(a["remasking"] == "random" for a in ml) and any(a["temperature"] > 0 for a in ml)
+    assert any(a.get("cfg_scale", 0) > 0 for a in ml)
+    assert any(c["function"].startswith("fastdllm.") and c["args"]["temperature"] > 0 and c["args"].get("threshold")
+               for c in SAMPLED)
+    assert any(c["function"] == "dream.diffusion_generate" and c["args"]["alg_temp"] > 0 for c in SAMPLED)
+    # DPad's random kept sets (scale 2.0) come from the stream the sampler draws from
+    assert sum(1 for c in SAMPLED if c["function"].startswith("dpad.") and c["args"]["scale"] == 2.0) >= 3
+
+
+@pytest.mark.parametrize("case", SAMPLED, ids=[c["id"] for c in SAMPLED])
+def test_sampled_case(case: dict, tiny_models: dict) -> None:
+    """Token for token with the NFE, from the seed alone (DPad's kept sets included, no replay)."""
+    cfg = to_config(case)
+    out = decode(tiny_models[case["model"]].model, case["prompt_ids"], cfg, mask_id=MASK_ID, eos_id=eos_of(case))
+    assert out.generated == case["generated_ids"]
+    assert out.ids == case["output_ids"]
+    assert out.nfe == expected_nfe(case, cfg, out.blocks_decoded)
+    assert out.nfe == sum(out.forwards_per_block)
+    if "kept_suffix_per_block" in case:
+        rec = case["kept_suffix_per_block"]
+        assert out.kept_per_block == [d["kept_suffix_positions"] for d in rec[: out.blocks_decoded]]
 
 
 # ------------------------------------------------------------------ the reference's draws, LLaDA family
