@@ -150,7 +150,7 @@ def test_bad_invocations(tmp_path: Path, no_load: None, capsys: pytest.CaptureFi
         [*b["generate"], "--gen-length", "8192"], [*b["generate"], "--gen-length", "100"],
         ["generate", "--prompt-ids", "1,x"], ["generate", "--prompt-ids", "99999"],
         ["generate", "--prompt-ids", "-3"], ["generate"], ["generate", "--prompt", "a", "--prompt-ids", "1"],
-        [*b["generate"], "--preset", "nope"], [*b["generate"], "--suffix", "gaussian"],
+        [*b["generate"], "--preset", "nope"], [*b["generate"], "--suffix", "uniform"],
         [*b["generate"], "--threshold", "2"], [*b["generate"], "--top-p", "2"],
         [*b["generate"], "--temperature", "1e308"], [*b["generate"], "--uniform-keep", "-1"],
         [*b["generate"], "--cache", "lru"], [*b["generate"], "--no-such-flag"], ["frobnicate"], [],

@@ -26,7 +26,8 @@ def test_generate_and_eval_print_no_transformers_warning(tmp_path: Path) -> None
     assert p.returncode == 0, p.stderr
     gen_err, eval_err = p.stderr.split("=== eval\n")
     # generate: one stats line on stderr; eval: the paths of the files it wrote
-    assert gen_err.startswith("[parallel] nfe=") and gen_err.count("\n") == 1, gen_err
+    # the fast method by default, with the flags on top (threshold 0.9 instead of the embedded 0.99)
+    assert gen_err.startswith("[parallel+prefix+dpad-threshold0.9] nfe=") and gen_err.count("\n") == 1, gen_err
     assert all(line.split(":")[0] in ("samples", "summary", "table") for line in eval_err.strip().splitlines()), eval_err
     for text in (p.stderr, p.stdout):
         assert "warn" not in text.lower() and "transformers" not in text.lower() and "model of type" not in text

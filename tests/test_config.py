@@ -265,7 +265,8 @@ def test_an_integer_for_a_float_field_becomes_a_float() -> None:
 
 def test_text_surfaces_parse_numbers_themselves(llada_tiny) -> None:  # noqa: ANN001
     """Command-line flags and lm-eval's model arguments arrive as text and still configure a decode."""
-    from dpad.cli import build_parser, decode_config_from_args
+    from dpad.cli import build_parser
+    from dpad.flags import decode_config_from_args
 
     ns = build_parser().parse_args(["generate", "--prompt-ids", "1,2", "--gen-length", "16", "--block-length",
                                     "16", "--threshold", "0.9", "--temperature", "0"])

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import dpad
-from dpad.cli import build_parser, decode_config_from_args
+from dpad.cli import build_parser
+from dpad.flags import decode_config_from_args
 from dpad.config import DecodeConfig
 from dpad.engine import decode
 from dpad.errors import ConfigError
