@@ -41,7 +41,7 @@ def load(path: str | Path | None = None, device: str | torch.device | None = "au
     ``revision``) taken from the local hub cache first; ``path=None`` loads the embedded model.
 
     ``dtype='auto'`` is bfloat16 on CUDA and float32 on CPU. ``compile=True`` runs the model
-    forward through ``torch.compile`` (dynamic shapes on CPU; 64-token buckets + CUDA graphs on
+    forward through ``torch.compile`` (dynamic shapes on CPU; 32-token buckets + CUDA graphs on
     CUDA; a dict gives :class:`~dpad.models.compiled.CompiledForward` options) and warms it up
     once, printing the first compile time; same tokens as eager (see docs).
     """
@@ -54,14 +54,15 @@ def load(path: str | Path | None = None, device: str | torch.device | None = "au
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
     lm = _load_checkpoint(EMBEDDED_MODEL if path is None else path, device=dev, dtype=dtype, revision=revision)
     if compile is not False:
-        from .models.compiled import compile_model, default_options, warm_up
+        from .engine.engine import warm_up
+        from .models.compiled import compile_model, default_options
 
         opts = {**default_options(dev), **(compile if isinstance(compile, dict) else {})}
         try:
             compile_model(lm.model, **opts)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"compile options {compile!r}: {e}") from e
-        warm_up(lm.model)
+        warm_up(lm.model, mask_id=lm.mask_token_id, eos_id=lm.eos_token_id)
     return lm
 
 

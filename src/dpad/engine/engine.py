@@ -360,3 +360,16 @@ class Engine:
 def _pad_cols(ts: list[torch.Tensor], fill: int) -> list[torch.Tensor]:
     L = max(t.shape[1] for t in ts)
     return [t if t.shape[1] == L else torch.nn.functional.pad(t, (0, L - t.shape[1]), value=fill) for t in ts]
+
+
+@torch.no_grad()
+def warm_up(model, *, mask_id: int, eos_id: int) -> None:  # noqa: ANN001
+    """Compile the engine's common forward kinds once (after ``compile_model``): short greedy decodes
+    of one row with every cache mode, with and without DPad, so a first request does not wait for
+    them. Later shapes (other lengths, batch buckets) still compile on first use."""
+    prompt = [t for t in range(min(24, model.args.vocab_size)) if t not in (mask_id, eos_id)][:16]
+    eng = Engine(model, mask_id=mask_id, eos_id=eos_id)
+    for cache in ("none", "prefix", "dual"):
+        for kw in ({}, {"suffix": "gaussian", "window": 32}):
+            eng.add(prompt, DecodeConfig(gen_length=64, block_length=32, threshold=0.9, cache=cache, **kw))
+    eng.run()

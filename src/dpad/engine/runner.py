@@ -62,6 +62,10 @@ class KVPool:
         for new, old in ((k, self.k), (v, self.v)):
             for n, o in zip(new, old, strict=False):
                 n[: o.shape[0], :, : o.shape[2]] = o
+        comp = getattr(m, "compiled", None)
+        if comp is not None and comp.static_kv:  # CUDA graphs read the pool in place, never copy it in
+            for t in k + v:
+                torch._dynamo.mark_static_address(t)
         self.k, self.v, self.rows, self.slots = k, v, R, S
 
 
