@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from load_test import pct  # the same percentile as the other load benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "dpad-embedded"
@@ -53,15 +54,6 @@ CLASSES: dict[str, dict[str, Any]] = {
     "slow": {"body": {"threshold": None, "suffix": "full", "early_termination": False, "cache": "none"},
              "max_tokens": [256]},
 }
-
-
-def pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 class Server:
