@@ -123,32 +123,36 @@ def test_mixed_requests_share_forwards_and_keep_their_text(lm: LoadedModel) -> N
     assert used < sum(o["dpad"]["nfe"] for o in out)  # rows shared forwards
 
 
-def test_token_budget_admits_first_come_first_served(lm: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a budget smaller than two rows, requests run one at a time, in arrival order."""
+def test_step_budget_takes_turns(lm: LoadedModel) -> None:
+    """With a per-step token budget below any row's step, each step runs one row: the rows take turns
+    (the longest-waiting first), none starves, and each gets the text it gets alone."""
     app = create_app(lm, model_id=MODEL, defaults=FAST, max_batch_size=8, max_batch_tokens=1)
     sched = app.state.dpad.scheduler
     gate = BatchGate(sched)
-    order: list[str] = []
-    finish = scheduler_mod.Job.finish
-    monkeypatch.setattr(scheduler_mod.Job, "finish", lambda self, nfe: (order.append(self.ids[-1]), finish(self, nfe)))
-    seen: list[int] = []
-    step = sched._step
-    monkeypatch.setattr(sched, "_step", lambda: (seen.append(sched.running), step()))
+    stepped: list[int] = []
+    step = sched.engine.step
+
+    def counting(only=None):  # noqa: ANN001, ANN202
+        stepped.append(len(sched.engine.running) if only is None else len(only))
+        return step(only)
+
+    sched.engine.step = counting
+    bodies = [{"model": MODEL, "prompt": QS[i], "max_tokens": 32 * (i + 1), "seed": i} for i in range(3)]
     with ServerThread(app) as url:
+        alone = []
+        for b in bodies:
+            alone.append(httpx.post(url + "/v1/completions", json=b, timeout=120).json()["choices"][0]["text"])
+        stepped.clear()
         gate.expect(3)
-        out: dict = {}
-        ts = []
-        for i in range(3):
-            body = {"model": MODEL, "prompt": [5 + i, 6, 7, 8 + i], "max_tokens": 32, "chat": False}
-            ts.append(threading.Thread(target=lambda i=i, b=body: out.setdefault(i, httpx.post(
-                url + "/v1/completions", json=b, timeout=120))))
-            ts[-1].start()
-            # arrival order 0, 1, 2 (the gate admits once the third is queued: it may be done at once)
-            wait_for(lambda i=i: sched.waiting == i + 1 or (i == 2 and bool(sched.running or order)), "queued")
+        out: list = [None] * 3
+        ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, httpx.post(
+            url + "/v1/completions", json=bodies[i], timeout=120).json())) for i in range(3)]
+        for t in ts:
+            t.start()
         for t in ts:
             t.join(120)
-    assert [out[i].status_code for i in range(3)] == [200, 200, 200]
-    assert order == [8, 9, 10] and set(seen) == {1}
+    assert [o["choices"][0]["text"] for o in out] == alone
+    assert set(stepped) == {1} and max(o["dpad"]["batch_size"] for o in out) == 3
 
 
 def test_method_field(lm: LoadedModel) -> None:

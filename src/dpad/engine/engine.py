@@ -176,8 +176,21 @@ class Engine:
         req.cancelled = True
 
     # ------------------------------------------------------------------ the step
-    def step(self) -> list[BlockEvent | Finished]:
-        """One forward per kind for every running request, their commits, one host sync."""
+    def cost(self, r: Request) -> int:
+        """The tokens ``r`` feeds at its next step (a block start: its prefix and next block plus its
+        suffix window or whole suffix, an upper bound before the kept suffix is drawn)."""
+        if r.block >= 0 and not r.block_over:
+            return self._input(r).length * (2 if r.cfg.cfg_scale > 0 else 1)
+        be = r.P + (r.block + 2) * r.BL
+        suffix = r.P + r.cfg.gen_length - be
+        if r.cfg.suffix != "full":
+            suffix = min(suffix, r.cfg.window or suffix)
+        return (be + suffix) * (2 if r.cfg.cfg_scale > 0 else 1)
+
+    def step(self, only: set[Request] | None = None) -> list[BlockEvent | Finished]:
+        """A forward per kind (full, cached; each split in two when short rows would be padded to more
+        than twice their length, see :func:`_by_length`) for every running request (or those in ``only``: the others wait this step out), their
+        commits, one host sync."""
         events: list[BlockEvent | Finished] = []
         self.runner.last_forwards.clear()
         for r in list(self.running):
@@ -190,26 +203,26 @@ class Engine:
         full: list[tuple[Request, RowInput]] = []
         cached: list[tuple[Request, RowInput]] = []
         for r in self.running:
+            if only is not None and r not in only:
+                continue
             if r.block < 0 or r.block_over:
                 self._start_block(r)
             (full if r.refreshing or not r.cache.refreshes else cached).append((r, self._input(r)))
+        groups = [(g, self.runner.forward_full) for g in _by_length(full)]
+        groups += [(g, self.runner.forward_cached) for g in _by_length(cached)]
         synced, timings = [], []
-        for group, fwd in ((full, self.runner.forward_full), (cached, self.runner.forward_cached)):
-            if group:
-                inputs = [inp for _, inp in group]
-                logits, cols, block, timing = fwd(inputs)
-                synced.append(self._commit(group, logits, cols, block))
-                timings.append(timing)
-        rows = [r for group in (full, cached) for r, _ in group]
+        for group, fwd in groups:
+            logits, cols, block, timing = fwd([inp for _, inp in group])
+            synced.append(self._commit(group, logits, cols, block))
+            timings.append(timing)
         ids = (synced[0] if len(synced) == 1 else torch.cat(_pad_cols(synced, self.mask_id))).tolist()  # the sync
         dts = [self.runner.elapsed(t) for t in timings]
         self.runner.model_time += sum(dts)
         k = 0
-        for gi, group in enumerate(g for g in (full, cached) if g):
+        for (group, _), dt in zip(groups, dts, strict=True):
             for r, inp in group:
-                self._after(r, ids[k][: r.BL], dts[gi], inp, events)
+                self._after(r, ids[k][: r.BL], dt, inp, events)
                 k += 1
-        assert k == len(rows)
         return events
 
     def run(self) -> list[BlockEvent | Finished]:
@@ -355,6 +368,22 @@ class Engine:
             response_length=resp, stopped_early=r.stopped, blocks_decoded=len(r.forwards_per_block),
             extra=extra, batch_forwards=self.forwards, cancelled=r.cancelled)
         events.append(Finished(r.tag, out))
+
+
+def _by_length(group: list[tuple[Request, RowInput]]) -> list[list[tuple[Request, RowInput]]]:
+    """One forward, or two when some rows would be padded to more than twice their length and by
+    more than ``SPLIT_MIN`` tokens (rows of at most half the longest length go apart)."""
+    if not group:
+        return []
+    longest = max(inp.length for _, inp in group)
+    short = [x for x in group if 2 * x[1].length <= longest and longest - x[1].length >= SPLIT_MIN]
+    if not short:
+        return [group]
+    return [short, [x for x in group if not (2 * x[1].length <= longest and longest - x[1].length >= SPLIT_MIN)]]
+
+
+SPLIT_MIN = 128
+"""Padding (tokens per row) below which rows of different lengths still share a forward."""
 
 
 def _pad_cols(ts: list[torch.Tensor], fill: int) -> list[torch.Tensor]:

@@ -190,7 +190,7 @@ def create_app(lm, *, model_id: str = "dpad-embedded", defaults: DecodeConfig | 
     """The FastAPI app serving ``lm`` (a :class:`~dpad.models.LoadedModel`) as ``model_id``.
 
     ``scheduler``: ``continuous`` (rows join and leave the running batch between forwards, within
-    ``max_batch_size`` rows and ``max_batch_tokens``) or ``closed`` (batches of equal configs, formed
+    ``max_batch_size`` rows; each step feeds at most ``max_batch_tokens`` tokens) or ``closed`` (batches of equal configs, formed
     within ``batch_wait_ms``; see :mod:`dpad.serve.scheduler`)."""
     srv = Server(lm, model_id=model_id, defaults=defaults or DecodeConfig(), max_batch_size=max_batch_size,
                  max_queue=max_queue, batch_wait_ms=batch_wait_ms, scheduler=scheduler,

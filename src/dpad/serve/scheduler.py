@@ -6,11 +6,13 @@ Two schedulers with the same interface (``submit``, ``withdraw``, ``cancel_all``
 - :class:`ContinuousScheduler` (the default): one running batch on the step-wise
   :class:`~dpad.engine.Engine`. A validated request joins at the next step and leaves the moment
   it is final (EOS, a stop string, ``max_tokens``, cancelled); rows with any settings, prompt and
-  gen lengths share forwards. Admission is first come, first served within two bounds:
-  ``max_batch_size`` rows and ``max_batch_tokens``, a budget on the sum over running rows of
-  prompt + gen length (the most tokens a row feeds in one forward); the oldest waiting request is
-  admitted first and no later one overtakes it, so none starves (a request over the budget on its
-  own runs alone).
+  gen lengths share forwards. Admission is first come, first served up to ``max_batch_size`` rows
+  (the oldest waiting request is admitted first and no later one overtakes it). Each step then
+  feeds at most ``max_batch_tokens`` tokens: the cheapest steps go first, a row that has waited
+  ``PATIENCE`` steps before them all, while the budget lasts (the first row always runs, so no row
+  starves). A row
+  whose steps are expensive (one token per step over a whole canvas) thus takes its share of the
+  steps without making every cheap row's step as slow as its own.
 - :class:`ClosedScheduler` (``--scheduler closed``): the earlier closed batches. The worker takes
   the oldest waiting job, waits up to ``batch_wait_ms`` for more jobs with the same
   :class:`DecodeConfig` apart from the seed, and decodes up to ``max_batch_size`` of them with
@@ -307,6 +309,10 @@ class _Queue:
             j.finish(out.nfe)
 
 
+PATIENCE = 2
+"""Steps a row waits out under the step budget before it goes ahead of cheaper rows."""
+
+
 class ContinuousScheduler(_Queue):
     """Continuous batching on one :class:`~dpad.engine.Engine` (see the module docstring)."""
 
@@ -320,6 +326,7 @@ class ContinuousScheduler(_Queue):
         self.max_batch_tokens = max_batch_tokens
         self.engine = self._new_engine()
         self.rows: dict[Job, Any] = {}  # running jobs -> their engine requests
+        self.waited: dict[Any, int] = {}  # engine request -> steps it waited out (the step budget)
         self.admission_gate: Callable[[], bool] | None = None
         """Tests: when set, an idle worker admits nothing until it returns True (checked under the lock)."""
 
@@ -332,11 +339,6 @@ class ContinuousScheduler(_Queue):
     def current(self) -> list[Job]:
         return list(self.rows)
 
-    @staticmethod
-    def cost(job: Job) -> int:
-        """The most tokens the job's row feeds in one forward: its prompt and gen length."""
-        return len(job.ids) + job.cfg.gen_length
-
     def _admit(self) -> list[Job] | None:
         """The waiting jobs that join now, oldest first (blocks while nothing runs or waits)."""
         with self.cv:
@@ -346,19 +348,32 @@ class ContinuousScheduler(_Queue):
             if self.stopping:
                 return None
             taken: list[Job] = []
-            tokens = sum(self.cost(j) for j in self.rows)
             while self.queue and len(self.rows) + len(taken) < self.max_batch_size:
-                j = self.queue[0]
-                c = self.cost(j)
-                if (self.max_batch_tokens is not None and tokens + c > self.max_batch_tokens
-                        and (self.rows or taken)):
-                    break  # the oldest waits for room; nobody overtakes it
-                self.queue.popleft()
-                if j.cancelled.is_set():
-                    continue
-                taken.append(j)
-                tokens += c
+                j = self.queue.popleft()
+                if not j.cancelled.is_set():
+                    taken.append(j)
             return taken
+
+    def _choose(self) -> set | None:
+        """The rows that take this step: within ``max_batch_tokens``, the longest-waiting first, then
+        the cheapest (None: every row)."""
+        eng = self.engine
+        if self.max_batch_tokens is None:
+            return None
+        costs = {r: eng.cost(r) for r in eng.running}
+        if sum(costs.values()) <= self.max_batch_tokens:
+            return None
+        chosen, used = set(), 0
+        # the cheapest steps first, a row that waited PATIENCE steps before them all (so none starves)
+        for r in sorted(eng.running, key=lambda r: (-(self.waited.get(r, 0) >= PATIENCE), -self.waited.get(r, 0),
+                                                    costs[r])):
+            if chosen and used + costs[r] > self.max_batch_tokens:
+                continue
+            chosen.add(r)
+            used += costs[r]
+        for r in eng.running:
+            self.waited[r] = 0 if r in chosen else self.waited.get(r, 0) + 1
+        return chosen
 
     def _work(self) -> None:
         while True:
@@ -397,7 +412,7 @@ class ContinuousScheduler(_Queue):
             j.batch_size = max(j.batch_size, n)
         f0 = eng.forwards
         try:
-            events = eng.step()
+            events = eng.step(self._choose())
         except Exception as e:  # noqa: BLE001 - a forward failed: isolate the rows it held
             jobs = list(self.rows)
             self.engine = self._new_engine()
@@ -414,7 +429,8 @@ class ContinuousScheduler(_Queue):
                 continue
             j = ev.row
             with self.cv:
-                self.rows.pop(j, None)
+                req = self.rows.pop(j, None)
+            self.waited.pop(req, None)
             if not j.finished and not j.cancelled.is_set():  # not reached: the last block finishes a row
                 try:
                     j.tracker.update(ev.output.generated, True)
