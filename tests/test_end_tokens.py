@@ -13,10 +13,10 @@ import torch
 
 import dpad
 from dpad.cli import build_parser
-from dpad.flags import decode_config_from_args
 from dpad.config import DecodeConfig
 from dpad.engine import decode
 from dpad.errors import ConfigError
+from dpad.flags import decode_config_from_args
 from dpad.models.loading import end_of_turn_id
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
