@@ -64,6 +64,8 @@ class Server:
         cmd = [sys.executable, "-m", "dpad.cli", "serve", "--port", "0", "--threads", str(args.threads),
                "--device", "cpu", "--scheduler", scheduler, "--max-batch-size", str(args.max_batch_size),
                "--max-queue", "100000", "--log-level", "warning", *SERVER_FLAGS]
+        if scheduler == "continuous" and args.max_batch_tokens is not None:
+            cmd += ["--max-batch-tokens", str(args.max_batch_tokens)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline()
         m = re.search(r"on (http://[\d.]+:\d+)/v1", line)
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--saturation-duration", type=float, default=30.0)
     ap.add_argument("--schedulers", nargs="+", default=["closed", "continuous"])
     ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="the continuous server's per-step token budget (default: dpad serve's)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=600.0)
