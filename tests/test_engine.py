@@ -7,7 +7,6 @@ one host sync.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import torch
 from dpad.config import DecodeConfig
 from dpad.engine import BlockEvent, Engine, Finished, decode, decode_batch
 
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 MASK, EOS = 250, 251
 LENGTHS = [5, 12, 20, 8, 31, 17, 3, 26, 0]
 DPAD = dict(suffix="gaussian", scale=2.0, window=32, sigma=4.0)
@@ -47,14 +45,6 @@ DREAM_MIXED = [
 
 
 @pytest.fixture(scope="module")
-def models() -> dict:
-    from dpad.models import load
-
-    torch.set_num_threads(1)
-    return {name: load(GOLDEN / name, dtype="float64") for name in ("llada-tiny", "dream-tiny")}
-
-
-@pytest.fixture(scope="module")
 def prompts() -> list[list[int]]:
     g = torch.Generator().manual_seed(0)
     return [torch.randint(0, 250, (n,), generator=g).tolist() for n in LENGTHS]
@@ -67,8 +57,8 @@ def same(a, b) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize(("model", "table"), [("llada-tiny", MIXED), ("dream-tiny", DREAM_MIXED)])
-def test_mixed_configs_in_one_batch_equal_singles(models: dict, prompts: list, model: str, table: list) -> None:
-    m = models[model].model
+def test_mixed_configs_in_one_batch_equal_singles(tiny_models: dict, prompts: list, model: str, table: list) -> None:
+    m = tiny_models[model].model
     cfgs = [DecodeConfig(**kw) for kw in table]
     ps = prompts[: len(cfgs)]
     singles = [decode(m, p, c, mask_id=MASK, eos_id=EOS) for p, c in zip(ps, cfgs, strict=True)]
@@ -78,9 +68,9 @@ def test_mixed_configs_in_one_batch_equal_singles(models: dict, prompts: list, m
     assert batch[0].batch_forwards < sum(s.nfe for s in singles)  # rows really shared forwards
 
 
-def test_a_request_joining_mid_run_decodes_as_alone(models: dict, prompts: list) -> None:
+def test_a_request_joining_mid_run_decodes_as_alone(tiny_models: dict, prompts: list) -> None:
     """Rows join an engine that is already running (other rows mid-block) and leave when done."""
-    m = models["llada-tiny"].model
+    m = tiny_models["llada-tiny"].model
     cfgs = [DecodeConfig(**kw) for kw in MIXED[:6]]
     ps = prompts[: len(cfgs)]
     alone = [decode(m, p, c, mask_id=MASK, eos_id=EOS) for p, c in zip(ps, cfgs, strict=True)]
@@ -103,8 +93,8 @@ def test_a_request_joining_mid_run_decodes_as_alone(models: dict, prompts: list)
     assert order != sorted(order)  # a later, shorter request finished before an earlier, longer one
 
 
-def test_abort_and_block_events(models: dict, prompts: list) -> None:
-    m = models["llada-tiny"].model
+def test_abort_and_block_events(tiny_models: dict, prompts: list) -> None:
+    m = tiny_models["llada-tiny"].model
     cfg = DecodeConfig(gen_length=64, block_length=16, threshold=0.9, cache="prefix")
     eng = Engine(m, mask_id=MASK, eos_id=EOS)
     a = eng.add(prompts[0], cfg, tag="a", on_block=lambda ev: None)
@@ -121,10 +111,10 @@ def test_abort_and_block_events(models: dict, prompts: list) -> None:
     assert not eng.running and b.done
 
 
-def test_one_sync_per_step(models: dict, prompts: list, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_sync_per_step(tiny_models: dict, prompts: list, monkeypatch: pytest.MonkeyPatch) -> None:
     """A step of batchable rows reads the device once (``.tolist()`` of the block ids), whatever the
     number of rows, and runs at most two forwards (full, cached)."""
-    m = models["llada-tiny"].model
+    m = tiny_models["llada-tiny"].model
     eng = Engine(m, mask_id=MASK, eos_id=EOS)
     for i, p in enumerate(prompts[:8]):
         eng.add(p, DecodeConfig(gen_length=64, block_length=16, threshold=0.9, cache="prefix", seed=i, **DPAD))
