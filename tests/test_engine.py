@@ -7,7 +7,6 @@ one host sync.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
