@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--saturation-rate", type=float, default=20.0, help="fast-only arrival rate beyond capacity")
     ap.add_argument("--saturation-duration", type=float, default=30.0)
     ap.add_argument("--schedulers", nargs="+", default=["closed", "continuous"])
+    ap.add_argument("--phases", nargs="+", default=["fast", "mixed", "saturation"],
+                    choices=["fast", "mixed", "saturation"], help="phases to run (default: all three)")
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--max-batch-tokens", type=int, default=None,
                     help="the continuous server's per-step token budget (default: dpad serve's)")
@@ -190,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     from dpad.synthetic import arith
 
     prompts = [p.question for p in arith.generate("test", 200, args.seed)]
-    phases = [("fast only", args.rate, 0.0, args.duration)]
-    phases += [("mixed", r, args.slow_share, args.duration) for r in args.rates]
-    phases += [("saturation", args.saturation_rate, 0.0, args.saturation_duration)]
+    phases = [("fast only", args.rate, 0.0, args.duration)] if "fast" in args.phases else []
+    phases += [("mixed", r, args.slow_share, args.duration) for r in args.rates] if "mixed" in args.phases else []
+    if "saturation" in args.phases:
+        phases += [("saturation", args.saturation_rate, 0.0, args.saturation_duration)]
     rows = []
     t_all = time.perf_counter()
     for i, (name, rate, slow, duration) in enumerate(phases):

@@ -166,3 +166,54 @@ def test_method_field(lm: LoadedModel) -> None:
         assert "unknown part" in bad.json()["error"]["message"]
         h = httpx.get(url + "/health").json()
     assert h["scheduler"] == "continuous"
+
+
+def test_heavy_rows_take_their_share(lm: LoadedModel) -> None:
+    """A one-token-per-step row over its whole canvas (heavy: ~30x the tokens per committed token of a
+    fast row) next to a stream of fast rows: while fast rows run, it feeds at most HEAVY_SHARE of their
+    tokens (plus one step's worth), it never waits longer than its credit needs, it runs every step once
+    they are gone, and every row decodes the tokens it decodes alone."""
+    from dpad.engine import Engine, Finished
+
+    sched = scheduler_mod.ContinuousScheduler(lm, max_batch_tokens=None)
+    eng = sched.engine
+    kw = {"mask_id": lm.mask_token_id, "eos_id": lm.eos_token_id}
+    heavy_cfg = DecodeConfig(gen_length=64, block_length=16)
+    prompts = [lm.tokenizer(q)["input_ids"] for q in arith.generate("test", 12, 3) for q in [q.question]]
+
+    def alone(ids: list[int], cfg: DecodeConfig) -> list[int]:
+        e = Engine(lm.model, **kw)
+        e.add(ids, cfg)
+        return next(ev.output.generated for ev in e.run() if isinstance(ev, Finished))
+
+    heavy = eng.add(prompts[0], heavy_cfg, tag="heavy")
+    fed = {"heavy_with_light": 0, "light": 0}
+    waits, wait, alone_steps, outs, k, top = [], 0, [], {}, 1, 0
+    while eng.running:
+        if k < len(prompts) and len(eng.running) < 4:
+            eng.add(prompts[k], FAST, tag=k)
+            k += 1
+        costs = {r: eng.cost(r) for r in eng.running}
+        chosen = sched._choose()
+        runs = set(eng.running) if chosen is None else chosen
+        light = [r for r in runs if r is not heavy]
+        if heavy in eng.running:
+            if len(eng.running) == 1:
+                alone_steps.append(heavy in runs)
+            elif heavy in runs:
+                fed["heavy_with_light"] += costs[heavy]
+                top = max(top, costs[heavy])
+                waits.append(wait)
+                wait = 0
+            else:
+                wait += 1
+            fed["light"] += sum(costs[r] for r in light)
+        for ev in eng.step(chosen):
+            if isinstance(ev, Finished):
+                outs[ev.row] = ev.output.generated
+    assert fed["light"] > 0 and waits and max(waits) >= 1  # the heavy row did wait for light rows
+    assert fed["heavy_with_light"] <= scheduler_mod.HEAVY_SHARE * fed["light"] + top  # + the credit's cap
+    assert alone_steps and all(alone_steps)
+    assert outs["heavy"] == alone(prompts[0], heavy_cfg)
+    for i in range(1, k):
+        assert outs[i] == alone(prompts[i], FAST), i

@@ -187,6 +187,16 @@ class Engine:
             suffix = min(suffix, r.cfg.window or suffix)
         return (be + suffix) * (2 if r.cfg.cfg_scale > 0 else 1)
 
+    def commit_rate(self, r: Request) -> float:
+        """Tokens ``r`` commits per forward: what it committed so far, with half a block's worth
+        as the prior of a row that has not run yet (one forward's weight)."""
+        return (r.decoded + r.BL / 2) / (r.nfe + 1)
+
+    def price(self, r: Request) -> float:
+        """Tokens fed per token committed at ``r``'s next step (:meth:`cost` / :meth:`commit_rate`):
+        about 300 for a one-token-per-step row over a whole canvas, under 20 for a fast row."""
+        return self.cost(r) / self.commit_rate(r)
+
     def step(self, only: set[Request] | None = None) -> list[BlockEvent | Finished]:
         """A forward per kind (full, cached; each split in two when short rows would be padded to more
         than twice their length, see :func:`_by_length`) for every running request (or those in ``only``: the others wait this step out), their
@@ -319,6 +329,7 @@ class Engine:
         if not compat_refresh:
             r.step += 1
         o = r.bs - r.P
+        r.decoded += r.gen[o:o + r.BL].count(self.mask_id) - ids.count(self.mask_id)
         r.gen[o:o + r.BL] = ids
         if self.mask_id not in ids and not r.notified:
             r.notified = True

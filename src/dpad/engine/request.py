@@ -44,6 +44,7 @@ class Request:
     view_size: int = 0
     committed: int = 0  # generated columns that are final
     nfe: int = 0
+    decoded: int = 0  # generated positions committed so far (the canvas's, not yet final ones included)
     block_nfe0: int = 0
     forwards_per_block: list[int] = field(default_factory=list)
     kept_per_block: list[list[int]] = field(default_factory=list)

@@ -24,11 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the model id clients send (default: 'dpad-embedded', the hub id or the checkpoint directory name)")
     p.add_argument("--max-batch-size", type=int_in(1, 1024), default=8,
                    help="rows decoded at once (default 8)")
-    p.add_argument("--max-batch-tokens", type=int_in(1, 1 << 24), default=1024,
+    p.add_argument("--max-batch-tokens", type=int_in(1, 1 << 24), default=8192,
                    help="continuous scheduler: tokens fed to the model per step (all its forwards); over it, "
                         "the rows that waited longest and then the cheapest steps go first and the rest wait a "
-                        "step (the first row always runs). Keeps an expensive row from slowing every cheap "
-                        "row's step (default 1024)")
+                        "step (the first row always runs). Rows that feed many tokens per committed token "
+                        "(e.g. one token per step) take a share of the steps whatever this is (default 8192)")
     p.add_argument("--scheduler", choices=("continuous", "closed"), default="continuous",
                    help="continuous (default): a request joins the running batch at the next step and leaves "
                         "when it is final; closed: batches of requests with equal settings, each run to its end")

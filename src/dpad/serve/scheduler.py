@@ -8,11 +8,12 @@ Two schedulers with the same interface (``submit``, ``withdraw``, ``cancel_all``
   it is final (EOS, a stop string, ``max_tokens``, cancelled); rows with any settings, prompt and
   gen lengths share forwards. Admission is first come, first served up to ``max_batch_size`` rows
   (the oldest waiting request is admitted first and no later one overtakes it). Each step then
-  feeds at most ``max_batch_tokens`` tokens: the cheapest steps go first, a row that has waited
-  ``PATIENCE`` steps before them all, while the budget lasts (the first row always runs, so no row
-  starves). A row
-  whose steps are expensive (one token per step over a whole canvas) thus takes its share of the
-  steps without making every cheap row's step as slow as its own.
+  chooses its rows: *heavy* rows (tokens fed per token committed at least ``HEAVY`` times the
+  cheapest row's, e.g. one token per step over a whole canvas next to threshold rows) feed at most
+  ``HEAVY_SHARE`` tokens per light-row token while light rows run, so a slow request cannot make
+  every fast row's step as slow as its own (and runs every step when alone); and the step feeds at
+  most ``max_batch_tokens`` tokens: the cheapest steps go first, a row that has waited ``PATIENCE``
+  steps before them all (the first row always runs, so no row starves).
 - :class:`ClosedScheduler` (``--scheduler closed``): the earlier closed batches. The worker takes
   the oldest waiting job, waits up to ``batch_wait_ms`` for more jobs with the same
   :class:`DecodeConfig` apart from the seed, and decodes up to ``max_batch_size`` of them with
@@ -312,6 +313,13 @@ class _Queue:
 PATIENCE = 2
 """Steps a row waits out under the step budget before it goes ahead of cheaper rows."""
 
+HEAVY = 8.0
+"""A row is heavy when its price (tokens fed per token committed) is at least this many times the
+cheapest running row's: e.g. a one-token-per-step row over a whole canvas next to threshold rows."""
+
+HEAVY_SHARE = 0.5
+"""Heavy rows feed at most about this many tokens per token the light rows feed, while light rows run."""
+
 
 class ContinuousScheduler(_Queue):
     """Continuous batching on one :class:`~dpad.engine.Engine` (see the module docstring)."""
@@ -327,6 +335,8 @@ class ContinuousScheduler(_Queue):
         self.engine = self._new_engine()
         self.rows: dict[Job, Any] = {}  # running jobs -> their engine requests
         self.waited: dict[Any, int] = {}  # engine request -> steps it waited out (the step budget)
+        self.heavy_waited: dict[Any, int] = {}  # heavy request -> steps it waited for its share
+        self.credit = 0.0  # tokens heavy rows may still feed (see _share)
         self.admission_gate: Callable[[], bool] | None = None
         """Tests: when set, an idle worker admits nothing until it returns True (checked under the lock)."""
 
@@ -355,23 +365,56 @@ class ContinuousScheduler(_Queue):
             return taken
 
     def _choose(self) -> set | None:
-        """The rows that take this step: within ``max_batch_tokens``, the longest-waiting first, then
-        the cheapest (None: every row)."""
+        """The rows that take this step (None: every row): heavy rows take their share
+        (:meth:`_share`), then the step budget (:meth:`_budget`)."""
         eng = self.engine
-        if self.max_batch_tokens is None:
+        if len(eng.running) < 2:
             return None
         costs = {r: eng.cost(r) for r in eng.running}
-        if sum(costs.values()) <= self.max_batch_tokens:
-            return None
+        chosen = self._share(costs)
+        return self._budget(chosen, costs)
+
+    def _share(self, costs: dict) -> list:
+        """Light rows all run; heavy rows (a price at least ``HEAVY`` times the cheapest row's, see
+        :meth:`Engine.price`) run while the credit lasts, the longest-waiting first. Each step the
+        light rows run adds ``HEAVY_SHARE`` times their tokens to the credit (at most one heavy step's
+        worth is kept), so heavy rows feed at most about ``HEAVY_SHARE`` tokens per light token while
+        light rows run, and every token they like when none does."""
+        eng = self.engine
+        price = {r: eng.price(r) for r in costs}
+        lo = min(price.values())
+        heavy = [r for r in costs if price[r] >= HEAVY * lo]
+        if not heavy:
+            self.credit = 0.0
+            self.heavy_waited.clear()
+            return list(costs)
+        light = [r for r in costs if price[r] < HEAVY * lo]
+        self.credit = min(self.credit + HEAVY_SHARE * sum(costs[r] for r in light), max(costs[r] for r in heavy))
+        chosen = list(light)
+        for r in sorted(heavy, key=lambda r: -self.heavy_waited.get(r, 0)):
+            if costs[r] <= self.credit:
+                chosen.append(r)
+                self.credit -= costs[r]
+                self.heavy_waited[r] = 0
+            else:
+                self.heavy_waited[r] = self.heavy_waited.get(r, 0) + 1
+        return chosen
+
+    def _budget(self, rows: list, costs: dict) -> set | None:
+        """Of ``rows``, those within ``max_batch_tokens``: the longest-waiting first, then the
+        cheapest (None: every running row)."""
+        eng = self.engine
+        if self.max_batch_tokens is None or sum(costs[r] for r in rows) <= self.max_batch_tokens:
+            return None if len(rows) == len(eng.running) else set(rows)
         chosen, used = set(), 0
         # the cheapest steps first, a row that waited PATIENCE steps before them all (so none starves)
-        for r in sorted(eng.running, key=lambda r: (-(self.waited.get(r, 0) >= PATIENCE), -self.waited.get(r, 0),
-                                                    costs[r])):
+        for r in sorted(rows, key=lambda r: (-(self.waited.get(r, 0) >= PATIENCE), -self.waited.get(r, 0),
+                                             costs[r])):
             if chosen and used + costs[r] > self.max_batch_tokens:
                 continue
             chosen.add(r)
             used += costs[r]
-        for r in eng.running:
+        for r in rows:
             self.waited[r] = 0 if r in chosen else self.waited.get(r, 0) + 1
         return chosen
 
@@ -415,7 +458,7 @@ class ContinuousScheduler(_Queue):
             events = eng.step(self._choose())
         except Exception as e:  # noqa: BLE001 - a forward failed: isolate the rows it held
             jobs = list(self.rows)
-            self.engine = self._new_engine()
+            self._reset_engine()
             with self.cv:
                 self.rows.clear()
             self._decode_alone(jobs, e)
@@ -431,6 +474,7 @@ class ContinuousScheduler(_Queue):
             with self.cv:
                 req = self.rows.pop(j, None)
             self.waited.pop(req, None)
+            self.heavy_waited.pop(req, None)
             if not j.finished and not j.cancelled.is_set():  # not reached: the last block finishes a row
                 try:
                     j.tracker.update(ev.output.generated, True)
@@ -443,7 +487,13 @@ class ContinuousScheduler(_Queue):
             self.engine.abort(req)
         with self.cv:
             self.rows.clear()
+        self._reset_engine()
+
+    def _reset_engine(self) -> None:
         self.engine = self._new_engine()
+        self.waited.clear()
+        self.heavy_waited.clear()
+        self.credit = 0.0
 
 
 class ClosedScheduler(_Queue):
