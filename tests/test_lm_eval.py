@@ -114,7 +114,8 @@ def test_every_field_as_a_model_arg_on_a_tiny_task(task_dir: Path) -> None:
     given = {"gen_length": "32", "block_length": "16", "confidence": "low_confidence", "schedule": "auto",
              "temperature": "0", "alg_temp": "0", "cfg_scale": "0", "eps": "0.001", "suffix": "full",
              "sigma": "4", "scale": "2", "cache": "prefix", "early_termination": "true",
-             "logits_eos_inf": "false", "confidence_eos_eot_inf": "false", "seed": "7", "compat": "none"}
+             "logits_eos_inf": "false", "confidence_eos_eot_inf": "false", "seed": "7", "rng": "exact",
+             "compat": "none"}
     nones = [name for name, k in FIELDS.items() if k.nullable]
     assert set(given) | set(nones) == set(FIELDS) and not set(given) & set(nones)
     model_args = ",".join([f"{k}={v}" for k, v in given.items()] + [f"{k}=none" for k in nones])

@@ -24,6 +24,7 @@ CACHE_POLICIES = ("none", "prefix", "dual")
 CONFIDENCES = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
 SCHEDULES = ("auto", "llada", "dream")
 COMPAT = ("none", "fast-dllm", "dpad-dream")
+RNGS = ("exact", "device")
 
 # Absolute bounds, independent of the model (a model's context bounds gen_length further, see
 # ``engine.loop.check_length``). They keep a typo or a hostile request from allocating without bound.
@@ -82,6 +83,7 @@ class DecodeConfig:
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
     seed: int = 1234
+    rng: str = "exact"
     compat: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -123,6 +125,15 @@ class DecodeConfig:
             bad("dependency_threshold", "only applies with dependency_distance (D >= 1)")
         if self.confidence == "origin" and self.parallel:
             bad("confidence", f"'origin' reveals positions at random and cannot be combined with {'/'.join(RULES)}")
+        if self.rng == "device":
+            per_row = [name for name, on in (
+                (f"confidence={self.confidence!r}", self.confidence in ("random", "origin")),
+                ("alg_temp", self.alg_temp > 0), ("dependency_distance", self.dependency_distance is not None),
+                ("logits_eos_inf", self.logits_eos_inf), ("confidence_eos_eot_inf", self.confidence_eos_eot_inf))
+                if on]
+            if per_row:
+                bad("rng", f"'device' draws the token samples only; {', '.join(per_row)} draw(s) or decide per "
+                             "row: use rng='exact'")
         if self.cfg_scale > 0 and self.cache != "none":
             bad("cfg_scale", "classifier-free guidance runs without a KV cache: set cache='none'")
         if self.suffix != "full" and self.window is None:
@@ -358,6 +369,9 @@ _KNOBS = (
     Knob("logits_eos_inf", bool, "LLaDA option: EOS logit -inf (EOS is never proposed)"),
     Knob("confidence_eos_eot_inf", bool, "LLaDA option: EOS/EoT get confidence 0 (committed last)"),
     Knob("seed", int, "seed of the sampling and DPad dropout generators", low=0, high=MAX_SEED),
+    Knob("rng", str, "sampling noise: exact (the reference's CPU draws from the row's generator: the reference's "
+         "tokens) or device (counter-based draws on the model's device, batched over rows: the same "
+         "distributions, other tokens)", choices=RNGS),
     Knob("compat", str, "reproduce a reference implementation's quirks (docs/quirks.md)", choices=COMPAT),
 )
 

@@ -37,7 +37,7 @@ from . import cache as cache_mod
 from . import suffix as suffix_mod
 from .request import Request
 from .runner import RowInput, Runner
-from .unmask import RowRule, Unmasker, batchable, llada_schedule, ranked_rule_name, select_batch
+from .unmask import RowDraws, RowRule, Unmasker, batchable, llada_schedule, ranked_rule_name, select_batch
 
 
 @dataclass
@@ -282,6 +282,13 @@ class Engine:
         t = r.unmasker.rule.timesteps
         return RowRule("count", ratio=1 - t[r.step + 1] / t[r.step])
 
+    @staticmethod
+    def _draws(rows: list[Request], logits: torch.Tensor) -> RowDraws | None:
+        """The sampling settings of batched rows (None when all are greedy): noise keyed by the row's
+        seed and its forwards so far."""
+        return RowDraws.of([r.cfg for r in rows], [r.seed for r in rows], [r.nfe for r in rows], logits.shape[-1],
+                           logits.device)
+
     def _commit(self, group: list[tuple[Request, RowInput]], logits: torch.Tensor, cols: torch.Tensor,
                 block: torch.Tensor) -> torch.Tensor:
         """Each row selects its commits; the canvas takes them. Returns the block ids [n, L]."""
@@ -290,7 +297,8 @@ class Engine:
         fast = [i for i, (r, inp) in enumerate(group) if r.batched and not (inp.store and r.cfg.compat == "dpad-dream")]
         if len(fast) == len(group):
             chosen, x0 = select_batch(logits, masked, [r.cfg.confidence for r, _ in group],
-                                      [self._rule(r) for r, _ in group], self.sampler)
+                                      [self._rule(r) for r, _ in group], self.sampler,
+                                      self._draws([r for r, _ in group], logits))
         else:
             chosen = torch.zeros_like(masked)
             x0 = torch.zeros_like(block)
@@ -298,7 +306,7 @@ class Engine:
                 idx = torch.tensor(fast, device=dev)
                 ch, x = select_batch(logits.index_select(0, idx), masked.index_select(0, idx),
                                      [group[i][0].cfg.confidence for i in fast], [self._rule(group[i][0]) for i in fast],
-                                     self.sampler)
+                                     self.sampler, self._draws([group[i][0] for i in fast], logits))
                 chosen.index_copy_(0, idx, ch)
                 x0.index_copy_(0, idx, x)
             for i, (r, inp) in enumerate(group):

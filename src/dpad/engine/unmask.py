@@ -504,14 +504,125 @@ GREEDY_CONFIDENCES = ("low_confidence", "maskgit_plus", "topk_margin", "entropy"
 
 
 def batchable(cfg) -> bool:  # noqa: ANN001
-    """Whether rows decoded with ``cfg`` go through :func:`select_batch` (greedy proposals with a
-    deterministic confidence, a ranked rule or a fixed top-k schedule). Other rows (sampling,
-    ``random``/``origin`` confidences, ``alg_temp``, top-p/top-k filters, LLaDA's end-token options,
-    the dependency guard) are decided one row at a time by their :class:`Unmasker`, which draws
-    from the row's own generator exactly as the reference does."""
-    return (cfg.temperature == 0 and (cfg.top_p is None or cfg.top_p >= 1.0) and cfg.top_k is None
-            and not cfg.logits_eos_inf and not cfg.confidence_eos_eot_inf and cfg.alg_temp == 0
-            and cfg.confidence in GREEDY_CONFIDENCES and cfg.dependency_distance is None)
+    """Whether rows decoded with ``cfg`` go through :func:`select_batch`: greedy proposals with a
+    deterministic confidence, or (``rng='device'``) sampled ones with counter-based noise, under a
+    ranked rule or a fixed top-k schedule. Other rows (sampling with ``rng='exact'``,
+    ``random``/``origin`` confidences, ``alg_temp``, LLaDA's end-token options, the dependency guard)
+    are decided one row at a time by their :class:`Unmasker`, which draws from the row's own
+    generator exactly as the reference does."""
+    plain = (not cfg.logits_eos_inf and not cfg.confidence_eos_eot_inf and cfg.alg_temp == 0
+             and cfg.confidence in GREEDY_CONFIDENCES and cfg.dependency_distance is None)
+    if cfg.temperature > 0:
+        return plain and cfg.rng == "device"
+    return plain and (cfg.top_p is None or cfg.top_p >= 1.0) and cfg.top_k is None
+
+
+_M64 = (1 << 64) - 1
+
+
+def _i64(c: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finalizer on int64 tensors (multiplication wraps modulo 2**64 on every device)."""
+    x = (x ^ _shr(x, 30)) * _i64(0xBF58476D1CE4E5B9)
+    x = (x ^ _shr(x, 27)) * _i64(0x94D049BB133111EB)
+    return x ^ _shr(x, 31)
+
+
+def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor, L: int, V: int) -> torch.Tensor:
+    """Uniform noise in (0, 1), float64 ``[n, L, V]``, on ``seeds``' device: value ``[i, j, v]`` is a
+    hash of (row i's seed, its counter, j * V + v), so a row's draws depend on nothing else (not on
+    the batch, its other rows or ``L``) and are the same on every device. 53 random bits each."""
+    key = _mix(_mix(seeds.to(torch.int64) * _i64(0x9E3779B97F4A7C15) + counters.to(torch.int64)))  # [n]
+    idx = torch.arange(L * V, device=seeds.device, dtype=torch.int64).view(1, L, V)
+    x = _mix(idx * _i64(0xD1B54A32D192ED03) + key.view(-1, 1, 1))
+    return (_shr(x, 11).to(torch.float64) + 0.5) * 2.0 ** -53
+
+
+@dataclass
+class RowDraws:
+    """The sampling settings of a batch's rows (``rng='device'``): temperature ``[n]`` (0: greedy),
+    top-p ``[n]`` (2: none), top-k ``[n]`` (vocabulary size: none), and the noise keys: the row's
+    seed and a counter that differs at each of its forwards."""
+
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    top_k: torch.Tensor
+    seed: torch.Tensor
+    counter: torch.Tensor
+
+    @classmethod
+    def of(cls, cfgs: list, seeds: list[int], counters: list[int], V: int, device: torch.device) -> RowDraws | None:  # noqa: ANN001
+        """None when every row is greedy."""
+        if all(c.temperature == 0 for c in cfgs):
+            return None
+        t = lambda xs, dt: torch.tensor(xs, dtype=dt, device=device)  # noqa: E731
+        return cls(t([c.temperature for c in cfgs], torch.float64),
+                   t([2.0 if c.top_p is None else c.top_p for c in cfgs], torch.float64),
+                   t([V if c.top_k is None else min(c.top_k, V) for c in cfgs], torch.long),
+                   t(seeds, torch.long), t(counters, torch.long))
+
+
+def _top_k_rows(lg: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per row, logits below its k-th largest set to -inf (ties kept), as :func:`top_k_filter`."""
+    V = lg.shape[-1]
+    if bool((k >= V).all()):
+        return lg
+    kth = torch.topk(lg, int(k.max()), dim=-1).values.gather(-1, (k - 1).view(-1, 1, 1).expand(*lg.shape[:2], 1))
+    return lg.masked_fill((lg < kth) & (k < V).view(-1, 1, 1), NEG_INF)
+
+
+def _top_p_rows(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Per row, the nucleus filter of :func:`top_p_filter` (rows with ``p`` >= 1 untouched)."""
+    on = p < 1.0
+    if not bool(on.any()):
+        return lg
+    sorted_l, order = torch.sort(lg, descending=True, dim=-1)
+    drop = sorted_l.softmax(-1).cumsum(-1) > p.view(-1, 1, 1)
+    drop = torch.cat([torch.zeros_like(drop[..., :1]), drop[..., :-1]], dim=-1)
+    drop = torch.zeros_like(drop).scatter(-1, order, drop) & on.view(-1, 1, 1)
+    return lg.masked_fill(drop, NEG_INF)
+
+
+def propose_sampled(logits: torch.Tensor, confidences: list[str], sampler: str,
+                    draws: RowDraws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like :func:`propose_greedy` for rows of which some sample (``draws.temperature`` > 0), with
+    each family's distribution as its reference sampler defines it: LLaDA samples softmax(l / T)
+    of the top-k- then top-p-filtered logits l (its Gumbel-max ``exp(l) / (-log u) ** T``) and reads
+    confidences from the untempered filtered softmax; Dream filters the tempered logits (top-p,
+    then top-k) and samples and reads confidences from their softmax. The noise is
+    :func:`counter_uniform`, as Gumbel-max: ``argmax(z + g)``, ``g = -log(-log u)``."""
+    lg = logits.to(torch.float64)
+    n, L, V = lg.shape
+    T = draws.temperature.view(-1, 1, 1)
+    hot = T > 0
+    if sampler == "dream":
+        z = _top_k_rows(_top_p_rows(torch.where(hot, lg / torch.where(hot, T, 1.0), lg), draws.top_p), draws.top_k)
+        p = torch.softmax(z, dim=-1)
+    else:
+        f = _top_p_rows(_top_k_rows(lg, draws.top_k), draws.top_p)
+        p = torch.softmax(f, dim=-1)
+        z = torch.where(hot, f / torch.where(hot, T, 1.0), f)
+    g = -torch.log(-torch.log(counter_uniform(draws.seed, draws.counter, L, V)))
+    x0 = torch.where(hot[..., 0], torch.argmax(z + g, dim=-1), torch.argmax(p if sampler == "dream" else lg, dim=-1))
+    conf = torch.gather(p, -1, x0[..., None])[..., 0]
+    for kind in set(confidences) & {"topk_margin", "entropy"}:
+        if kind == "topk_margin":
+            top2 = torch.topk(p, 2, dim=-1).values
+            alt = top2[..., 0] - top2[..., 1]
+        else:
+            alt = (p * torch.log(p + 1e-10)).sum(-1)
+        rows = torch.tensor([c == kind for c in confidences], device=lg.device)
+        conf = torch.where(rows[:, None], alt, conf)
+    return x0, conf, p
 
 
 class RowRule:
@@ -552,16 +663,20 @@ def propose_greedy(logits: torch.Tensor, confidences: list[str], sampler: str) -
 
 
 def select_batch(logits: torch.Tensor, masked: torch.Tensor, confidences: list[str], rules: list[RowRule],
-                 sampler: str) -> tuple[torch.Tensor, torch.Tensor]:
+                 sampler: str, draws: RowDraws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Which masked positions each row commits, and to what, for batchable rows in one tensor
     computation: logits [n, L, V], masked [n, L] -> (commit mask [n, L], tokens [n, L]).
 
     Ranking is a stable descending sort of the masked confidences (equal confidences: the leftmost
     position first). A ranked rule keeps the ranks its ``accept_rows`` passes, always the top-1; a
-    count keeps the ``k`` first ranks (``k`` may be 0 on Dream's schedule)."""
+    count keeps the ``k`` first ranks (``k`` may be 0 on Dream's schedule). ``draws``: the rows'
+    sampling settings when some row samples (:func:`propose_sampled`)."""
     n, L = masked.shape
     dev = logits.device
-    x0, conf, p = propose_greedy(logits, confidences, sampler)
+    if draws is None:
+        x0, conf, p = propose_greedy(logits, confidences, sampler)
+    else:
+        x0, conf, p = propose_sampled(logits, confidences, sampler, draws)
     conf = conf.masked_fill(~masked, NEG_INF)
     ranked, order = torch.sort(conf, dim=1, descending=True, stable=True)
     left = masked.sum(1)  # [n]
