@@ -97,8 +97,11 @@ class _Read:
     written at ``slots`` [n, T] (``write_slots``). ``rows``: pool rows (a ``(first, end)`` range is read in place:
     its writes land on slots no later step reads; an index tensor is read as a copy)."""
 
-    def __init__(self, pool: KVPool, rows: tuple[int, int] | torch.Tensor, slots: torch.Tensor, width: int) -> None:
+    def __init__(self, pool: KVPool, rows: tuple[int, int] | torch.Tensor, slots: torch.Tensor, width: int,
+                 write_at: int | None = None) -> None:
         self.pool, self.rows, self.write_slots, self.width = pool, rows, slots, width
+        self.write_at = write_at
+        """Every row's writes fill slots ``write_at..`` (one start, no padding): a slice copy, not a scatter."""
 
     self_contained = False
 
@@ -119,10 +122,14 @@ class _Read:
         return t.index_select(0, self.rows)
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        K, V = self._rows(self.pool.k[layer]), self._rows(self.pool.v[layer])
+        if self.write_at is not None:
+            a, T = self.write_at, k.shape[2]
+            K[:, :, a:a + T] = k
+            V[:, :, a:a + T] = v
+            return K, V
         idx = self.write_slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        K = self._rows(self.pool.k[layer]).scatter_(2, idx, k)
-        V = self._rows(self.pool.v[layer]).scatter_(2, idx, v)
-        return K, V
+        return K.scatter_(2, idx, k), V.scatter_(2, idx, v)
 
 
 def _rows_arg(rows: list[int], dev: torch.device, as_tensor: bool) -> tuple[int, int] | torch.Tensor:
@@ -337,7 +344,9 @@ class Runner:
         km = None
         if ragged:
             km = torch.arange(width, device=self.dev)[None] < meta[:, 3:4]
-        out, timing = self._call(rows, ids, pos, _Read(self.pool, prow, slots, width), km, lrows)
+        # one start for every row and no padding (batch 1, rows in step): the writes are one slice
+        at = rows[0].start if not ragged and not self.compiled and all(r.start == rows[0].start for r in rows) else None
+        out, timing = self._call(rows, ids, pos, _Read(self.pool, prow, slots, width, at), km, lrows)
         cols, block = self._block(rows, meta, cv)
         return out[:real], cols[:real], block[:real], timing
 
