@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,7 @@ def run_worker(src: Path, args: argparse.Namespace, batch: int, method: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--baseline", required=True, help="git revision of the baseline engine")
+    ap.add_argument("--baseline", help="git revision of the baseline engine (required unless --render)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--methods", nargs="+", default=["parallel+prefix", "parallel+prefix+dpad"])
@@ -79,7 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-length", type=int, default=256)
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "engine_ab")
+    ap.add_argument("--render", type=Path, default=None, help="only rewrite the Markdown of this result JSON")
     args = ap.parse_args(argv)
+    if args.render is not None:
+        md = markdown(json.loads(args.render.read_text()))
+        args.render.with_suffix(".md").write_text(md)
+        print(md)
+        return 0
+    if args.baseline is None:
+        ap.error("--baseline is required (a git revision), unless --render")
     rev = subprocess.run(["git", "rev-parse", args.baseline], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.strip()
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -124,21 +133,36 @@ def main(argv: list[str] | None = None) -> int:
                                           "baseline_git": rev, "cpu": platform.processor() or platform.machine()},
               "model": "embedded", "task": "arith",
               "command": "python benchmarks/engine_ab.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "settings": {"rounds": args.rounds, "total_time_s": total}, "rows": rows}
+              "settings": {"rounds": args.rounds, "total_time_s": total, "gen_length": args.gen_length,
+                           "block_length": args.block_length, "n": args.n}, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    md = [f"### Engine throughput: this tree vs {rev[:10]}, embedded model, CPU, {args.threads} thread(s)", "",
-          f"gen {args.gen_length}, block {args.block_length}, {args.n} prompts per cell, best of {args.rounds} "
-          "interleaved rounds per side (every round in the JSON). tok/s = response tokens (EOS padding excluded) / "
-          "wall time of all chunks.", "",
-          "| method | batch | baseline tok/s | new tok/s | new / baseline | same tokens |", "|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        md.append(f"| {r['method']} | {r['batch_size']} | {r['baseline_tok_s']:.1f} | {r['new_tok_s']:.1f} | "
-                  f"{r['new_vs_baseline']:.2f}x | {'yes' if r['same_tokens'] else 'NO'} |")
-    md += ["", f"Command: `{result['command']}` (git {result['env']['git']}, torch {torch.__version__}).", ""]
-    args.out.with_suffix(".md").write_text("\n".join(md))
-    print("\n".join(md))
+    md = markdown(result)
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
     return 0 if all(r["same_tokens"] for r in rows) else 1
+
+
+def paired_median(row: dict[str, Any]) -> float:
+    """The median over rounds of new / baseline within the round (the two ran back to back)."""
+    r = row["rounds"]
+    return statistics.median(n / b for n, b in zip(r["new"], r["baseline"], strict=True))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    st, env = result["settings"], result["env"]
+    md = [f"### Engine throughput: this tree vs {env['baseline_git'][:10]}, embedded model, CPU, {env['threads']} thread(s)",
+          "", f"gen {st.get('gen_length', 256)}, block {st.get('block_length', 32)}, {st.get('n', 64)} prompts per cell, "
+          f"{st['rounds']} interleaved rounds per side (every round in the JSON). tok/s = response tokens (EOS padding "
+          "excluded) / wall time of all chunks. Best: the best round of each side; paired: the median over rounds of "
+          "the ratio of the two back-to-back runs of a round.", "",
+          "| method | batch | baseline tok/s (best) | new tok/s (best) | new / baseline (best) | new / baseline (paired median) "
+          "| same tokens |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        md.append(f"| {r['method']} | {r['batch_size']} | {r['baseline_tok_s']:.1f} | {r['new_tok_s']:.1f} | "
+                  f"{r['new_vs_baseline']:.2f}x | {paired_median(r):.2f}x | {'yes' if r['same_tokens'] else 'NO'} |")
+    md += ["", f"Command: `{result['command']}` (git {env['git']}, torch {env['torch']}).", ""]
+    return "\n".join(md)
 
 
 if __name__ == "__main__":
