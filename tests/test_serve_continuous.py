@@ -217,3 +217,23 @@ def test_heavy_rows_take_their_share(lm: LoadedModel) -> None:
     assert outs["heavy"] == alone(prompts[0], heavy_cfg)
     for i in range(1, k):
         assert outs[i] == alone(prompts[i], FAST), i
+
+
+def test_device_rng_request(lm: LoadedModel) -> None:
+    """A request's ``rng: "device"`` samples in the batched step: the same seed gives the same text
+    alone and next to other requests; a setting it cannot batch is a 400 naming the field."""
+    app = create_app(lm, model_id=MODEL, defaults=FAST, max_batch_size=4)
+    body = {"model": MODEL, "prompt": QS[0], "max_tokens": 48, "temperature": 0.8, "rng": "device", "seed": 5}
+    with ServerThread(app) as url:
+        alone = httpx.post(url + "/v1/completions", json=body, timeout=120).json()
+        out: list = [None] * 3
+        bodies = [body, {**body, "prompt": QS[1], "seed": 6}, {"model": MODEL, "prompt": QS[2], "max_tokens": 32}]
+        ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, httpx.post(
+            url + "/v1/completions", json=bodies[i], timeout=120).json())) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        bad = httpx.post(url + "/v1/completions", json={**body, "confidence": "random"}, timeout=30)
+    assert out[0]["choices"][0]["text"] == alone["choices"][0]["text"]
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "rng"
