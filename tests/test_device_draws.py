@@ -66,6 +66,7 @@ SAMPLED = [
     dict(gen_length=32, block_length=32, temperature=0.5, top_p=0.9, factor=1.0, cache="dual", seed=9),
     dict(gen_length=48, block_length=16, temperature=0.7, top_k=20, entropy_bound=0.5, confidence="entropy"),
     dict(gen_length=32, block_length=16, threshold=0.9, cache="prefix"),  # greedy, in the same forwards
+    dict(gen_length=32, block_length=16, temperature=0.6, threshold=0.8, dependency_distance=2),  # guarded
 ]
 
 
@@ -73,7 +74,7 @@ SAMPLED = [
 def test_device_draws_batch_equals_singles(tiny_models: dict, model: str) -> None:
     m = tiny_models[model].model
     g = torch.Generator().manual_seed(1)
-    ps = [torch.randint(0, 250, (n,), generator=g).tolist() for n in (7, 19, 3, 12, 25)]
+    ps = [torch.randint(0, 250, (n,), generator=g).tolist() for n in (7, 19, 3, 12, 25, 9)]
     cfgs = [DecodeConfig(rng="device", **kw) for kw in SAMPLED]
     assert all(batchable(c) for c in cfgs)
     singles = [decode(m, p, c, mask_id=MASK, eos_id=EOS) for p, c in zip(ps, cfgs, strict=True)]
@@ -89,8 +90,7 @@ def test_device_draws_batch_equals_singles(tiny_models: dict, model: str) -> Non
 
 
 def test_device_draws_refuse_per_row_options() -> None:
-    for kw in (dict(confidence="random"), dict(alg_temp=0.5), dict(logits_eos_inf=True),
-               dict(threshold=0.9, dependency_distance=1)):
+    for kw in (dict(confidence="random"), dict(alg_temp=0.5), dict(logits_eos_inf=True)):
         with pytest.raises(ConfigError) as e:
             DecodeConfig(temperature=0.5, rng="device", **kw)
         assert e.value.field == "rng" and "rng='exact'" in str(e.value)

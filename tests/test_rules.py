@@ -265,3 +265,30 @@ def test_dream_rules_batch_equals_singles(prompts: list) -> None:
     batch = decode_batch(lm.model, prompts, cfg, mask_id=MASK, eos_id=EOS)
     for s, b in zip(singles, batch, strict=True):
         assert b.generated == s.generated and b.nfe == s.nfe
+
+
+def test_batched_guard_matches_the_row_guard() -> None:
+    """The dependency guard in the batched step against :class:`DependencyGuard` row by row: random
+    confidences, rows with other distances, strict bounds, rules and mask counts, and rows without
+    a guard in the same batch."""
+    g = torch.Generator().manual_seed(3)
+    rows, L = 300, 16
+    conf = 1 - torch.rand(rows, L, generator=g, dtype=torch.float64) ** 2 * 0.4  # > 0.5: the argmax
+    masked = torch.rand(rows, L, generator=g) < 0.7
+    masked[:, 0] = True
+    lg = _logits_for(conf)
+    p = torch.softmax(lg, -1)[..., 0]
+    rules, want, dropped = [], [], 0
+    for r in range(rows):
+        dist = r % 5 - 1  # -1: no guard, then 0..3
+        strict = (math.inf, 0.97, 0.9)[r % 3]
+        base = Threshold(0.8) if r % 2 else Factor(1.0)
+        name, knob = ("threshold", 0.8) if r % 2 else ("factor", 1.0)
+        rules.append(RowRule(name, knob=knob, distance=dist, strict=strict))
+        one = (base if dist < 0 else DependencyGuard(base, dist, strict)).select(p[r], masked[r], 0)
+        dropped += int(base.select(p[r], masked[r], 0).sum() - one.sum())
+        want.append(one)
+    chosen, _ = select_batch(lg, masked, ["low_confidence"] * rows, rules, "llada")
+    for r in range(rows):
+        assert torch.equal(chosen[r], want[r]), r
+    assert dropped > 0  # the guard did drop positions

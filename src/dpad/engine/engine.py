@@ -272,7 +272,10 @@ class Engine:
         cfg = r.cfg
         name = ranked_rule_name(cfg)
         if name is not None:
-            return RowRule(name, knob=float(getattr(cfg, name)))
+            if cfg.dependency_distance is None:
+                return RowRule(name, knob=float(getattr(cfg, name)))
+            strict = float("inf") if cfg.dependency_threshold is None else cfg.dependency_threshold
+            return RowRule(name, knob=float(getattr(cfg, name)), distance=cfg.dependency_distance, strict=strict)
         spb = cfg.steps_per_block
         kind = cfg.schedule if cfg.schedule != "auto" else self.sampler
         if kind == "llada":

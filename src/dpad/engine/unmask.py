@@ -506,12 +506,12 @@ GREEDY_CONFIDENCES = ("low_confidence", "maskgit_plus", "topk_margin", "entropy"
 def batchable(cfg) -> bool:  # noqa: ANN001
     """Whether rows decoded with ``cfg`` go through :func:`select_batch`: greedy proposals with a
     deterministic confidence, or (``rng='device'``) sampled ones with counter-based noise, under a
-    ranked rule or a fixed top-k schedule. Other rows (sampling with ``rng='exact'``,
-    ``random``/``origin`` confidences, ``alg_temp``, LLaDA's end-token options, the dependency guard)
+    ranked rule (under the dependency guard or not) or a fixed top-k schedule. Other rows (sampling
+    with ``rng='exact'``, ``random``/``origin`` confidences, ``alg_temp``, LLaDA's end-token options)
     are decided one row at a time by their :class:`Unmasker`, which draws from the row's own
     generator exactly as the reference does."""
     plain = (not cfg.logits_eos_inf and not cfg.confidence_eos_eot_inf and cfg.alg_temp == 0
-             and cfg.confidence in GREEDY_CONFIDENCES and cfg.dependency_distance is None)
+             and cfg.confidence in GREEDY_CONFIDENCES)
     if cfg.temperature > 0:
         return plain and cfg.rng == "device"
     return plain and (cfg.top_p is None or cfg.top_p >= 1.0) and cfg.top_k is None
@@ -628,12 +628,15 @@ def propose_sampled(logits: torch.Tensor, confidences: list[str], sampler: str,
 class RowRule:
     """How one batchable row decides this step, as plain numbers: ``rule`` is a ``RANKED_RULES``
     name with its ``knob``, or ``"count"``: commit the ``count`` most confident (``count`` < 0: all
-    that are left; with ``ratio`` set, Dream's ``int(m * ratio)`` of the ``m`` masks left)."""
+    that are left; with ``ratio`` set, Dream's ``int(m * ratio)`` of the ``m`` masks left).
+    ``distance`` >= 0 puts a ranked rule under the :class:`DependencyGuard` (``strict``: its bound)."""
 
-    __slots__ = ("rule", "knob", "count", "ratio")
+    __slots__ = ("rule", "knob", "count", "ratio", "distance", "strict")
 
-    def __init__(self, rule: str, knob: float = 0.0, count: int = 0, ratio: torch.Tensor | None = None) -> None:
+    def __init__(self, rule: str, knob: float = 0.0, count: int = 0, ratio: torch.Tensor | None = None,
+                 distance: int = -1, strict: float = float("inf")) -> None:
         self.rule, self.knob, self.count, self.ratio = rule, knob, count, ratio
+        self.distance, self.strict = distance, strict
 
 
 def propose_greedy(logits: torch.Tensor, confidences: list[str], sampler: str) -> tuple[torch.Tensor, torch.Tensor,
@@ -701,8 +704,27 @@ def select_batch(logits: torch.Tensor, masked: torch.Tensor, confidences: list[s
             accept = torch.where(rows[:, None], acc, accept if accept is not None else torch.zeros_like(acc))
     assert accept is not None
     accept &= rank[None] < left[:, None]
+    if any(r.distance >= 0 for r in rules):
+        accept = _guard_rows(accept, ranked, order, rules)
     chosen = torch.zeros_like(accept).scatter_(1, order, accept)
     return chosen, x0
+
+
+def _guard_rows(accept: torch.Tensor, ranked: torch.Tensor, order: torch.Tensor, rules: list[RowRule]) -> torch.Tensor:
+    """:class:`DependencyGuard` over rows at once: walking the ranks in order, an accepted rank is
+    dropped when a rank kept before it lies within the row's distance, unless both pass its strict
+    bound (rows without a guard: distance -1, nothing dropped). One tensor step per rank, whatever
+    the number of rows."""
+    dev = accept.device
+    dist = torch.tensor([r.distance for r in rules], device=dev)[:, None]
+    strict = torch.tensor([r.strict for r in rules], dtype=ranked.dtype, device=dev)[:, None]
+    sure = ranked >= strict
+    kept = torch.zeros_like(accept)
+    for k in range(accept.shape[1]):
+        near = (order[:, :k] - order[:, k:k + 1]).abs() <= dist
+        clash = (near & kept[:, :k] & ~(sure[:, :k] & sure[:, k:k + 1])).any(1)
+        kept[:, k] = accept[:, k] & ~clash
+    return kept
 
 
 def _count_accept(rules: list[RowRule], left: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
