@@ -67,6 +67,9 @@ SAMPLED = [
     dict(gen_length=48, block_length=16, temperature=0.7, top_k=20, entropy_bound=0.5, confidence="entropy"),
     dict(gen_length=32, block_length=16, threshold=0.9, cache="prefix"),  # greedy, in the same forwards
     dict(gen_length=32, block_length=16, temperature=0.6, threshold=0.8, dependency_distance=2),  # guarded
+    dict(gen_length=32, block_length=16, temperature=0.5, confidence="entropy", schedule="dream", alg_temp=0.3,
+         steps=16),
+    dict(gen_length=32, block_length=16, confidence="topk_margin", alg_temp=0.5, steps=8),  # greedy tokens
 ]
 
 
@@ -74,7 +77,7 @@ SAMPLED = [
 def test_device_draws_batch_equals_singles(tiny_models: dict, model: str) -> None:
     m = tiny_models[model].model
     g = torch.Generator().manual_seed(1)
-    ps = [torch.randint(0, 250, (n,), generator=g).tolist() for n in (7, 19, 3, 12, 25, 9)]
+    ps = [torch.randint(0, 250, (n,), generator=g).tolist() for n in (7, 19, 3, 12, 25, 9, 14, 4)]
     cfgs = [DecodeConfig(rng="device", **kw) for kw in SAMPLED]
     assert all(batchable(c) for c in cfgs)
     singles = [decode(m, p, c, mask_id=MASK, eos_id=EOS) for p, c in zip(ps, cfgs, strict=True)]
@@ -90,8 +93,27 @@ def test_device_draws_batch_equals_singles(tiny_models: dict, model: str) -> Non
 
 
 def test_device_draws_refuse_per_row_options() -> None:
-    for kw in (dict(confidence="random"), dict(alg_temp=0.5), dict(logits_eos_inf=True)):
+    for kw in (dict(confidence="random"), dict(logits_eos_inf=True), dict(confidence_eos_eot_inf=True)):
         with pytest.raises(ConfigError) as e:
             DecodeConfig(temperature=0.5, rng="device", **kw)
         assert e.value.field == "rng" and "rng='exact'" in str(e.value)
     assert not batchable(DecodeConfig(temperature=0.5))  # exact draws: the row's own Unmasker
+
+
+def test_alg_temp_positions_follow_the_distribution() -> None:
+    """One position of four drawn with alg_temp: frequencies against softmax(conf / alg_temp) over
+    the masked positions (an unmasked one never drawn)."""
+    from dpad.engine.unmask import RowRule, select_batch
+
+    N, tau = 20000, 0.5
+    conf = torch.tensor([0.9, 0.8, 0.6, 0.95, 0.7], dtype=torch.float64)
+    masked = torch.tensor([True, True, True, False, True]).expand(N, 5)
+    logits = torch.stack([conf, 1 - conf], -1).log().expand(N, 5, 2)
+    d = RowDraws(torch.zeros(N, dtype=torch.float64), torch.full((N,), 2.0, dtype=torch.float64),
+                 torch.full((N,), 2), torch.full((N,), 11), torch.arange(N), sampling=False)
+    chosen, _ = select_batch(logits, masked, ["low_confidence"] * N, [RowRule("count", count=1, alg_temp=tau)] * N,
+                             "dream", d)
+    assert (chosen.sum(1) == 1).all() and not chosen[:, 3].any()
+    freq = chosen.sum(0).double() / N
+    want = torch.softmax(conf.masked_fill(~masked[0], float("-inf")) / tau, -1)
+    assert (freq - want).abs().max() < 0.015, (freq, want)

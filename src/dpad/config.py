@@ -128,7 +128,7 @@ class DecodeConfig:
         if self.rng == "device":
             per_row = [name for name, on in (
                 (f"confidence={self.confidence!r}", self.confidence in ("random", "origin")),
-                ("alg_temp", self.alg_temp > 0), ("logits_eos_inf", self.logits_eos_inf), ("confidence_eos_eot_inf", self.confidence_eos_eot_inf))
+                ("logits_eos_inf", self.logits_eos_inf), ("confidence_eos_eot_inf", self.confidence_eos_eot_inf))
                 if on]
             if per_row:
                 bad("rng", f"'device' draws the token samples only; {', '.join(per_row)} draw(s) or decide per "

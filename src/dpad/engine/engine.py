@@ -278,12 +278,13 @@ class Engine:
             return RowRule(name, knob=float(getattr(cfg, name)), distance=cfg.dependency_distance, strict=strict)
         spb = cfg.steps_per_block
         kind = cfg.schedule if cfg.schedule != "auto" else self.sampler
+        a = cfg.alg_temp
         if kind == "llada":
-            return RowRule("count", count=-1 if r.step >= spb else llada_schedule(r.BL, spb)[r.step])
+            return RowRule("count", count=-1 if r.step >= spb else llada_schedule(r.BL, spb)[r.step], alg_temp=a)
         if r.step >= spb - 1:
-            return RowRule("count", count=-1)
+            return RowRule("count", count=-1, alg_temp=a)
         t = r.unmasker.rule.timesteps
-        return RowRule("count", ratio=1 - t[r.step + 1] / t[r.step])
+        return RowRule("count", ratio=1 - t[r.step + 1] / t[r.step], alg_temp=a)
 
     @staticmethod
     def _draws(rows: list[Request], logits: torch.Tensor) -> RowDraws | None:

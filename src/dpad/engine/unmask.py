@@ -507,12 +507,11 @@ def batchable(cfg) -> bool:  # noqa: ANN001
     """Whether rows decoded with ``cfg`` go through :func:`select_batch`: greedy proposals with a
     deterministic confidence, or (``rng='device'``) sampled ones with counter-based noise, under a
     ranked rule (under the dependency guard or not) or a fixed top-k schedule. Other rows (sampling
-    with ``rng='exact'``, ``random``/``origin`` confidences, ``alg_temp``, LLaDA's end-token options)
+    or ``alg_temp`` with ``rng='exact'``, ``random``/``origin`` confidences, LLaDA's end-token options)
     are decided one row at a time by their :class:`Unmasker`, which draws from the row's own
     generator exactly as the reference does."""
-    plain = (not cfg.logits_eos_inf and not cfg.confidence_eos_eot_inf and cfg.alg_temp == 0
-             and cfg.confidence in GREEDY_CONFIDENCES)
-    if cfg.temperature > 0:
+    plain = not cfg.logits_eos_inf and not cfg.confidence_eos_eot_inf and cfg.confidence in GREEDY_CONFIDENCES
+    if cfg.temperature > 0 or cfg.alg_temp > 0:
         return plain and cfg.rng == "device"
     return plain and (cfg.top_p is None or cfg.top_p >= 1.0) and cfg.top_k is None
 
@@ -537,11 +536,13 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shr(x, 31)
 
 
-def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor, L: int, V: int) -> torch.Tensor:
+def counter_uniform(seeds: torch.Tensor, counters: torch.Tensor, L: int, V: int, stream: int = 0) -> torch.Tensor:
     """Uniform noise in (0, 1), float64 ``[n, L, V]``, on ``seeds``' device: value ``[i, j, v]`` is a
-    hash of (row i's seed, its counter, j * V + v), so a row's draws depend on nothing else (not on
-    the batch, its other rows or ``L``) and are the same on every device. 53 random bits each."""
-    key = _mix(_mix(seeds.to(torch.int64) * _i64(0x9E3779B97F4A7C15) + counters.to(torch.int64)))  # [n]
+    hash of (row i's seed, its counter, ``stream``, j * V + v), so a row's draws depend on nothing
+    else (not on the batch, its other rows or ``L``) and are the same on every device. 53 random
+    bits each. Stream 0: the token draws; 1: ``alg_temp``'s position draws."""
+    key = _mix(_mix(seeds.to(torch.int64) * _i64(0x9E3779B97F4A7C15) + counters.to(torch.int64))
+               + stream * _i64(0xC2B2AE3D27D4EB4F))  # [n]
     idx = torch.arange(L * V, device=seeds.device, dtype=torch.int64).view(1, L, V)
     x = _mix(idx * _i64(0xD1B54A32D192ED03) + key.view(-1, 1, 1))
     return (_shr(x, 11).to(torch.float64) + 0.5) * 2.0 ** -53
@@ -558,17 +559,20 @@ class RowDraws:
     top_k: torch.Tensor
     seed: torch.Tensor
     counter: torch.Tensor
+    sampling: bool = True
+    """Some row samples its tokens (else only ``alg_temp`` positions are drawn)."""
 
     @classmethod
     def of(cls, cfgs: list, seeds: list[int], counters: list[int], V: int, device: torch.device) -> RowDraws | None:  # noqa: ANN001
-        """None when every row is greedy."""
-        if all(c.temperature == 0 for c in cfgs):
+        """None when no row draws (every row greedy, no ``alg_temp``)."""
+        sampling = any(c.temperature > 0 for c in cfgs)
+        if not sampling and all(c.alg_temp == 0 for c in cfgs):
             return None
         t = lambda xs, dt: torch.tensor(xs, dtype=dt, device=device)  # noqa: E731
         return cls(t([c.temperature for c in cfgs], torch.float64),
                    t([2.0 if c.top_p is None else c.top_p for c in cfgs], torch.float64),
                    t([V if c.top_k is None else min(c.top_k, V) for c in cfgs], torch.long),
-                   t(seeds, torch.long), t(counters, torch.long))
+                   t(seeds, torch.long), t(counters, torch.long), sampling)
 
 
 def _top_k_rows(lg: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -629,14 +633,15 @@ class RowRule:
     """How one batchable row decides this step, as plain numbers: ``rule`` is a ``RANKED_RULES``
     name with its ``knob``, or ``"count"``: commit the ``count`` most confident (``count`` < 0: all
     that are left; with ``ratio`` set, Dream's ``int(m * ratio)`` of the ``m`` masks left).
-    ``distance`` >= 0 puts a ranked rule under the :class:`DependencyGuard` (``strict``: its bound)."""
+    ``distance`` >= 0 puts a ranked rule under the :class:`DependencyGuard` (``strict``: its bound);
+    ``alg_temp`` > 0 (a count, ``rng='device'``) samples the positions (see :func:`select_batch`)."""
 
-    __slots__ = ("rule", "knob", "count", "ratio", "distance", "strict")
+    __slots__ = ("rule", "knob", "count", "ratio", "distance", "strict", "alg_temp")
 
     def __init__(self, rule: str, knob: float = 0.0, count: int = 0, ratio: torch.Tensor | None = None,
-                 distance: int = -1, strict: float = float("inf")) -> None:
+                 distance: int = -1, strict: float = float("inf"), alg_temp: float = 0.0) -> None:
         self.rule, self.knob, self.count, self.ratio = rule, knob, count, ratio
-        self.distance, self.strict = distance, strict
+        self.distance, self.strict, self.alg_temp = distance, strict, alg_temp
 
 
 def propose_greedy(logits: torch.Tensor, confidences: list[str], sampler: str) -> tuple[torch.Tensor, torch.Tensor,
@@ -676,11 +681,19 @@ def select_batch(logits: torch.Tensor, masked: torch.Tensor, confidences: list[s
     sampling settings when some row samples (:func:`propose_sampled`)."""
     n, L = masked.shape
     dev = logits.device
-    if draws is None:
+    if draws is None or not draws.sampling:
         x0, conf, p = propose_greedy(logits, confidences, sampler)
     else:
         x0, conf, p = propose_sampled(logits, confidences, sampler, draws)
     conf = conf.masked_fill(~masked, NEG_INF)
+    if any(r.alg_temp > 0 for r in rules):
+        # alg_temp: k positions drawn without replacement from softmax(conf / alg_temp), as
+        # Gumbel-top-k (the k largest of conf / alg_temp + Gumbel noise: the same distribution)
+        assert draws is not None
+        tau = torch.tensor([r.alg_temp if r.alg_temp > 0 else 1.0 for r in rules], dtype=conf.dtype, device=dev)[:, None]
+        u = counter_uniform(draws.seed, draws.counter, 1, L, stream=1)[:, 0]
+        hot = torch.tensor([r.alg_temp > 0 for r in rules], device=dev)[:, None]
+        conf = torch.where(hot & masked, conf / tau - torch.log(-torch.log(u)), conf)
     ranked, order = torch.sort(conf, dim=1, descending=True, stable=True)
     left = masked.sum(1)  # [n]
     names = [r.rule for r in rules]
