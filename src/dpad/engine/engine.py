@@ -14,8 +14,9 @@ A step takes every running request one forward further: a request at a block sta
 kept suffix (DPad) and, with a KV cache, runs its refresh; the others run their next step. Rows
 fed their whole view share one forward, rows reading a KV cache another (:mod:`dpad.engine.runner`),
 whatever their settings, prompt and gen lengths, blocks and steps. Each row then commits what its
-own rule selects (:mod:`dpad.engine.unmask`: one tensor computation for the greedy rows, the
-row's own :class:`Unmasker` and generator for sampled ones), and the step ends with one host sync:
+own rule selects (:mod:`dpad.engine.unmask`: one tensor computation for the greedy rows and, with
+``rng='device'``, the sampled ones; the row's own :class:`Unmasker` and CPU generator for sampled
+rows with ``rng='exact'``, the reference's draws), and the step ends with one host sync:
 the rows' block ids. A row decodes exactly what it decodes alone (tested token for token).
 
 Settings that cannot share a forward: none. Classifier-free guidance (``cfg_scale`` > 0) adds an
