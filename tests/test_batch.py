@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dpad.config import DecodeConfig
-from dpad.engine import BlockEvent, decode, decode_batch
+from dpad.engine import BlockEvent, Engine, Finished, decode, decode_batch
 from dpad.engine.suffix import Explicit
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
@@ -112,13 +112,24 @@ def test_explicit_suffix_per_row(models: dict, prompts: list) -> None:
 
 def test_finished_rows_leave_the_batch(models: dict, prompts: list) -> None:
     """With early termination the rows stop after different blocks; the batch runs only as many
-    forwards as its longest row needs, and each row keeps its single-run NFE."""
+    steps as its longest row needs (a step: one forward, or two when rows of very different
+    lengths go apart), and each row keeps its single-run NFE."""
     lm = models["dream-tiny"]
     cfg = DecodeConfig(**BASE, early_termination=True, **DPAD)
-    batch = decode_batch(lm.model, prompts, cfg, mask_id=MASK, eos_id=EOS)
+    eng = Engine(lm.model, mask_id=MASK, eos_id=EOS)
+    for i, p in enumerate(prompts):
+        eng.add(p, cfg, tag=i)
+    steps, outs = 0, {}
+    while eng.running:
+        steps += 1
+        outs.update({ev.row: ev.output for ev in eng.step() if isinstance(ev, Finished)})
+    batch = [outs[i] for i in range(len(prompts))]
+    closed = decode_batch(lm.model, prompts, cfg, mask_id=MASK, eos_id=EOS)
+    assert [b.generated for b in batch] == [o.generated for o in closed]
     blocks = [b.blocks_decoded for b in batch]
     assert min(blocks) < max(blocks)  # rows really finish at different blocks
-    assert batch[0].batch_forwards == max(b.nfe for b in batch)
+    assert steps == max(b.nfe for b in batch)
+    assert steps <= eng.forwards <= 2 * steps
     for b in batch:
         assert b.nfe == sum(b.forwards_per_block)
         if b.stopped_early:
