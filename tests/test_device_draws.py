@@ -38,7 +38,7 @@ def test_samples_follow_the_distribution(sampler: str) -> None:
     lg = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0], dtype=torch.float64)
     logits = lg.expand(N, 1, V).clone()
     d = RowDraws(torch.full((N,), T, dtype=torch.float64), torch.full((N,), 2.0, dtype=torch.float64),
-                 torch.full((N,), 4), torch.full((N,), 5), torch.arange(N))
+                 torch.full((N,), 4), torch.full((N,), 5), torch.arange(N), top_k_width=4)
     x0, conf, p = propose_sampled(logits, ["low_confidence"] * N, sampler, d)
     freq = torch.bincount(x0.flatten(), minlength=V).double() / N
     kept = lg.masked_fill(torch.arange(V) >= 4, float("-inf"))  # top-k 4
@@ -55,7 +55,7 @@ def test_top_p_rows_filter_like_one_row() -> None:
     g = torch.Generator().manual_seed(0)
     lg = torch.randn(3, 4, 50, generator=g, dtype=torch.float64)
     p = torch.tensor([0.5, 2.0, 0.9], dtype=torch.float64)
-    out = _top_p_rows(lg, p)
+    out = _top_p_rows(lg, p, True)
     for i, pi in enumerate(p.tolist()):
         assert torch.equal(out[i], top_p_filter(lg[i], pi if pi < 1 else None))
 

@@ -37,6 +37,18 @@ def metric(text: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0] == name)
 
 
+def post_together(url: str, bodies: list[dict]) -> list:
+    """POST every completion body at once (a thread each); their JSON replies in order."""
+    out: list = [None] * len(bodies)
+    ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, httpx.post(
+        url + "/v1/completions", json=bodies[i], timeout=120).json())) for i in range(len(bodies))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    return out
+
+
 def wait_for(cond, what: str) -> None:  # noqa: ANN001
     """Poll ``cond``; the bound is a safety net only (a hung server fails the test instead of hanging it)."""
     import time
@@ -109,13 +121,7 @@ def test_mixed_requests_share_forwards_and_keep_their_text(lm: LoadedModel) -> N
                  for b in bodies]
         f0 = metric(httpx.get(url + "/metrics").text, "dpad_batch_forwards_total")
         gate.expect(4)
-        out: list = [None] * 4
-        ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, httpx.post(
-            url + "/v1/completions", json=bodies[i], timeout=120).json())) for i in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(120)
+        out = post_together(url, bodies)
         m = httpx.get(url + "/metrics").text
     assert [o["choices"][0]["text"] for o in out] == alone
     assert all(o["dpad"]["batch_size"] == 4 for o in out)
@@ -144,13 +150,7 @@ def test_step_budget_takes_turns(lm: LoadedModel) -> None:
             alone.append(httpx.post(url + "/v1/completions", json=b, timeout=120).json()["choices"][0]["text"])
         stepped.clear()
         gate.expect(3)
-        out: list = [None] * 3
-        ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, httpx.post(
-            url + "/v1/completions", json=bodies[i], timeout=120).json())) for i in range(3)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(120)
+        out = post_together(url, bodies)
     assert [o["choices"][0]["text"] for o in out] == alone
     assert set(stepped) == {1} and max(o["dpad"]["batch_size"] for o in out) == 3
 
@@ -179,7 +179,7 @@ def test_heavy_rows_take_their_share(lm: LoadedModel) -> None:
     eng = sched.engine
     kw = {"mask_id": lm.mask_token_id, "eos_id": lm.eos_token_id}
     heavy_cfg = DecodeConfig(gen_length=64, block_length=16)
-    prompts = [lm.tokenizer(q)["input_ids"] for q in arith.generate("test", 12, 3) for q in [q.question]]
+    prompts = [lm.tokenizer(p.question)["input_ids"] for p in arith.generate("test", 12, 3)]
 
     def alone(ids: list[int], cfg: DecodeConfig) -> list[int]:
         e = Engine(lm.model, **kw)
@@ -226,14 +226,8 @@ def test_device_rng_request(lm: LoadedModel) -> None:
     body = {"model": MODEL, "prompt": QS[0], "max_tokens": 48, "temperature": 0.8, "rng": "device", "seed": 5}
     with ServerThread(app) as url:
         alone = httpx.post(url + "/v1/completions", json=body, timeout=120).json()
-        out: list = [None] * 3
         bodies = [body, {**body, "prompt": QS[1], "seed": 6}, {"model": MODEL, "prompt": QS[2], "max_tokens": 32}]
-        ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, httpx.post(
-            url + "/v1/completions", json=bodies[i], timeout=120).json())) for i in range(3)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(120)
+        out = post_together(url, bodies)
         bad = httpx.post(url + "/v1/completions", json={**body, "confidence": "random"}, timeout=30)
     assert out[0]["choices"][0]["text"] == alone["choices"][0]["text"]
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "rng"

@@ -561,6 +561,10 @@ class RowDraws:
     counter: torch.Tensor
     sampling: bool = True
     """Some row samples its tokens (else only ``alg_temp`` positions are drawn)."""
+    top_k_width: int = 0
+    """The largest top-k of the rows that filter (0: none does) and whether some row has a nucleus
+    filter: host values, so the step reads nothing back from the device."""
+    any_top_p: bool = False
 
     @classmethod
     def of(cls, cfgs: list, seeds: list[int], counters: list[int], V: int, device: torch.device) -> RowDraws | None:  # noqa: ANN001
@@ -569,26 +573,31 @@ class RowDraws:
         if not sampling and all(c.alg_temp == 0 for c in cfgs):
             return None
         t = lambda xs, dt: torch.tensor(xs, dtype=dt, device=device)  # noqa: E731
-        return cls(t([c.temperature for c in cfgs], torch.float64),
-                   t([2.0 if c.top_p is None else c.top_p for c in cfgs], torch.float64),
-                   t([V if c.top_k is None else min(c.top_k, V) for c in cfgs], torch.long),
-                   t(seeds, torch.long), t(counters, torch.long), sampling)
+        ks = [V if c.top_k is None else min(c.top_k, V) for c in cfgs]
+        ps = [2.0 if c.top_p is None or c.top_p >= 1.0 else c.top_p for c in cfgs]
+        return cls(t([c.temperature for c in cfgs], torch.float64), t(ps, torch.float64), t(ks, torch.long),
+                   t(seeds, torch.long), t(counters, torch.long), sampling,
+                   max((k for k in ks if k < V), default=0), min(ps) < 1.0)
 
 
-def _top_k_rows(lg: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Per row, logits below its k-th largest set to -inf (ties kept), as :func:`top_k_filter`."""
+def _top_k_rows(lg: torch.Tensor, k: torch.Tensor, width: int) -> torch.Tensor:
+    """Per row, logits below its k-th largest set to -inf (ties kept), as :func:`top_k_filter`;
+    rows with ``k`` >= the vocabulary size untouched. ``width``: the largest ``k`` of the rows that
+    filter (0: none does), a host number, so nothing is read back from the device."""
     V = lg.shape[-1]
-    if bool((k >= V).all()):
+    if width <= 0:
         return lg
-    kth = torch.topk(lg, int(k.max()), dim=-1).values.gather(-1, (k - 1).view(-1, 1, 1).expand(*lg.shape[:2], 1))
+    idx = (k.clamp(max=width) - 1).view(-1, 1, 1).expand(*lg.shape[:2], 1)
+    kth = torch.topk(lg, width, dim=-1).values.gather(-1, idx)
     return lg.masked_fill((lg < kth) & (k < V).view(-1, 1, 1), NEG_INF)
 
 
-def _top_p_rows(lg: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Per row, the nucleus filter of :func:`top_p_filter` (rows with ``p`` >= 1 untouched)."""
-    on = p < 1.0
-    if not bool(on.any()):
+def _top_p_rows(lg: torch.Tensor, p: torch.Tensor, any_p: bool) -> torch.Tensor:
+    """Per row, the nucleus filter of :func:`top_p_filter` (rows with ``p`` >= 1 untouched;
+    ``any_p``: some row filters, a host flag)."""
+    if not any_p:
         return lg
+    on = p < 1.0
     sorted_l, order = torch.sort(lg, descending=True, dim=-1)
     drop = sorted_l.softmax(-1).cumsum(-1) > p.view(-1, 1, 1)
     drop = torch.cat([torch.zeros_like(drop[..., :1]), drop[..., :-1]], dim=-1)
@@ -609,24 +618,17 @@ def propose_sampled(logits: torch.Tensor, confidences: list[str], sampler: str,
     T = draws.temperature.view(-1, 1, 1)
     hot = T > 0
     if sampler == "dream":
-        z = _top_k_rows(_top_p_rows(torch.where(hot, lg / torch.where(hot, T, 1.0), lg), draws.top_p), draws.top_k)
+        z = _top_k_rows(_top_p_rows(torch.where(hot, lg / torch.where(hot, T, 1.0), lg), draws.top_p, draws.any_top_p),
+                        draws.top_k, draws.top_k_width)
         p = torch.softmax(z, dim=-1)
     else:
-        f = _top_p_rows(_top_k_rows(lg, draws.top_k), draws.top_p)
+        f = _top_p_rows(_top_k_rows(lg, draws.top_k, draws.top_k_width), draws.top_p, draws.any_top_p)
         p = torch.softmax(f, dim=-1)
         z = torch.where(hot, f / torch.where(hot, T, 1.0), f)
     g = -torch.log(-torch.log(counter_uniform(draws.seed, draws.counter, L, V)))
     x0 = torch.where(hot[..., 0], torch.argmax(z + g, dim=-1), torch.argmax(p if sampler == "dream" else lg, dim=-1))
     conf = torch.gather(p, -1, x0[..., None])[..., 0]
-    for kind in set(confidences) & {"topk_margin", "entropy"}:
-        if kind == "topk_margin":
-            top2 = torch.topk(p, 2, dim=-1).values
-            alt = top2[..., 0] - top2[..., 1]
-        else:
-            alt = (p * torch.log(p + 1e-10)).sum(-1)
-        rows = torch.tensor([c == kind for c in confidences], device=lg.device)
-        conf = torch.where(rows[:, None], alt, conf)
-    return x0, conf, p
+    return x0, _other_confidences(conf, p, confidences), p
 
 
 class RowRule:
@@ -656,18 +658,21 @@ def propose_greedy(logits: torch.Tensor, confidences: list[str], sampler: str) -
     else:
         x0 = torch.argmax(lg, dim=-1)
         conf = torch.gather(p, -1, x0[..., None])[..., 0]
-    kinds = set(confidences)
-    if kinds & {"topk_margin", "entropy"}:
-        dev = logits.device
-        for kind in kinds & {"topk_margin", "entropy"}:
-            if kind == "topk_margin":
-                top2 = torch.topk(p, 2, dim=-1).values
-                alt = top2[..., 0] - top2[..., 1]
-            else:
-                alt = (p * torch.log(p + 1e-10)).sum(-1)
-            rows = torch.tensor([c == kind for c in confidences], device=dev)
-            conf = torch.where(rows[:, None], alt, conf)
-    return x0, conf, p
+    return x0, _other_confidences(conf, p, confidences), p
+
+
+def _other_confidences(conf: torch.Tensor, p: torch.Tensor, confidences: list[str]) -> torch.Tensor:
+    """``conf`` (the proposed token's probability) with the rows whose confidence is ``topk_margin``
+    (top-1 minus top-2 probability) or ``entropy`` (negative entropy) replaced, from ``p`` [n, L, V]."""
+    for kind in set(confidences) & {"topk_margin", "entropy"}:
+        if kind == "topk_margin":
+            top2 = torch.topk(p, 2, dim=-1).values
+            alt = top2[..., 0] - top2[..., 1]
+        else:
+            alt = (p * torch.log(p + 1e-10)).sum(-1)
+        rows = torch.tensor([c == kind for c in confidences], device=p.device)
+        conf = torch.where(rows[:, None], alt, conf)
+    return conf
 
 
 def select_batch(logits: torch.Tensor, masked: torch.Tensor, confidences: list[str], rules: list[RowRule],
