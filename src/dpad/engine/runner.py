@@ -243,18 +243,31 @@ class Runner:
                   for r in rows if r.cfg_scale > 0]
         return torch.tensor(m, dtype=torch.long).to(self.dev, non_blocking=True)
 
-    def _inputs(self, rows: Sequence[RowInput], meta: torch.Tensor, T: int):  # noqa: ANN202
+    def _inputs(self, rows: Sequence[RowInput], meta: torch.Tensor, T: int, padded: bool):  # noqa: ANN202
+        """Fed ids, positions and view slots [n, T] (``padded``: some row is shorter than T; its
+        padded tokens get position 0, the mask id and ``fvalid`` False, else ``fvalid`` is None), the
+        rows' canvases, and the rows of the logits: ``(start, end)`` when every row's block sits at
+        one offset of its fed span (batch 1, rows in step), else per row [n, max block length]."""
         crow, start, length, _, bs, _, plen, unc = meta.unbind(1)
         ar = torch.arange(T, device=self.dev)
         fidx = start[:, None] + ar
-        fvalid = ar[None] < length[:, None]
         vc = self.vcols.index_select(0, crow)
-        pos = vc.gather(1, fidx.clamp(max=vc.shape[1] - 1)).masked_fill(~fvalid, 0)
         cv = self.canvas.index_select(0, crow)
-        ids = cv.gather(1, pos).masked_fill(~fvalid, self.mask_id)
+        fvalid = None
+        if padded:
+            fvalid = ar[None] < length[:, None]
+            pos = vc.gather(1, fidx.clamp(max=vc.shape[1] - 1)).masked_fill(~fvalid, 0)
+            ids = cv.gather(1, pos).masked_fill(~fvalid, self.mask_id)
+        else:
+            pos = vc.gather(1, fidx)
+            ids = cv.gather(1, pos)
         if any(r.cfg_scale > 0 for r in rows):  # unconditional rows: the prompt masked
             ids = ids.masked_fill(unc.bool()[:, None] & (pos < plen[:, None]), self.mask_id)
         BL = max(r.block_length for r in rows)
+        offs = {r.bs - self.shift - r.start for r in rows}
+        off = min(offs)
+        if not self.compiled and len(offs) == 1 and off >= 0 and off + BL <= T:
+            return ids, pos, fidx, fvalid, cv, (off, off + BL)
         arb = torch.arange(BL, device=self.dev)
         lrows = (bs - self.shift - start)[:, None] + arb
         return ids, pos, fidx, fvalid, cv, lrows.clamp(0, T - 1)
@@ -262,13 +275,15 @@ class Runner:
     def _block(self, rows: Sequence[RowInput], meta: torch.Tensor, cv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(rows)
         bs, bl = meta[:n, 4], meta[:n, 5]
-        arb = torch.arange(max(r.block_length for r in rows), device=self.dev)
-        valid = arb[None] < bl[:, None]
-        cols = torch.where(valid, bs[:, None] + arb, self.trash)
+        BL = max(r.block_length for r in rows)
+        arb = torch.arange(BL, device=self.dev)
+        cols = bs[:, None] + arb
+        if any(r.block_length != BL for r in rows):
+            cols = torch.where(arb[None] < bl[:, None], cols, self.trash)
         return cols, cv[:n].gather(1, cols)
 
     def _call(self, rows: Sequence[RowInput], ids: torch.Tensor, pos: torch.Tensor, cache, key_mask,  # noqa: ANN001
-              lrows: torch.Tensor) -> tuple[torch.Tensor, float | torch.cuda.Event]:
+              lrows: torch.Tensor | tuple[int, int]) -> tuple[torch.Tensor, float | torch.cuda.Event]:
         if self.cuda:
             t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             t0.record()
@@ -312,8 +327,8 @@ class Runner:
         unc = any(r.cfg_scale > 0 for r in rows)
         meta = self._meta(rows, unc)
         T = self._width(max(r.length for r in rows))
-        ids, pos, _, fvalid, cv, lrows = self._inputs(rows, meta, T)
         ragged = self.bucket is not None or any(r.length != T for r in rows)
+        ids, pos, _, fvalid, cv, lrows = self._inputs(rows, meta, T, ragged)
         store = [i for i, r in enumerate(rows) if r.store]
         cache = None
         if store:  # one allocation for every row that starts a block now (rows are added before they start)
@@ -323,7 +338,7 @@ class Runner:
             cache = _Store(self.pool, src, _rows_arg(dst, self.dev, self.compiled))
         elif self.bucket is not None:
             cache = _Store(self.pool, None, None)  # the caller's padding stands (see CompiledForward)
-        out, timing = self._call(rows, ids, pos, cache, fvalid if ragged else None, lrows)
+        out, timing = self._call(rows, ids, pos, cache, fvalid, lrows)
         if unc:
             self.forwards += 1  # the unconditional rows count as a forward of their own (NFE)
         cols, block = self._block(rows, meta, cv)
@@ -336,10 +351,11 @@ class Runner:
         meta = self._meta(rows, False)
         T = self._width(max(r.length for r in rows))
         S = max(r.size for r in rows)
-        ids, pos, fidx, fvalid, cv, lrows = self._inputs(rows, meta, T)
-        ragged = self.compiled or any(r.length != T or r.size != S for r in rows)
+        padded = self.bucket is not None or any(r.length != T for r in rows)
+        ids, pos, fidx, fvalid, cv, lrows = self._inputs(rows, meta, T, padded)
+        ragged = self.compiled or padded or any(r.size != S for r in rows)
         width = self.pool.slots if self.compiled else S + 1 if ragged else S
-        slots = fidx.masked_fill(~fvalid, width - 1) if ragged else fidx
+        slots = fidx.masked_fill(~fvalid, width - 1) if fvalid is not None else fidx
         prow = _rows_arg([r.kvrow for r in rows], self.dev, self.compiled)
         km = None
         if ragged:
