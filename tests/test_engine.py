@@ -137,3 +137,31 @@ def test_one_sync_per_step(tiny_models: dict, prompts: list, monkeypatch: pytest
         steps += 1
     assert calls["tolist"] == steps and calls["item"] == 0
     assert eng.forwards - f0 <= 2 * steps
+
+
+def test_recycled_pool_decodes_like_a_fresh_one(tiny_models: dict, prompts: list,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU a decode's K/V pool starts from the tables an earlier decode left (a larger one,
+    full of its K/V): it decodes the same tokens as with a fresh pool, and really took them over."""
+    from dpad.engine import runner
+
+    m = tiny_models["llada-tiny"].model
+    cfgs = [DecodeConfig(**c) for c in MIXED if c.get("cache", "none") != "none"]
+    big = DecodeConfig(gen_length=128, block_length=32, threshold=0.9, cache="prefix")
+    run = lambda ps, c: decode_batch(m, ps, c, mask_id=MASK, eos_id=EOS)  # noqa: E731
+    monkeypatch.setattr(runner, "_recyclable", lambda model: False)
+    fresh = run(prompts[: len(cfgs)], cfgs)
+    monkeypatch.undo()
+    run(prompts, big)  # leaves its pool behind
+    spare = runner._SPARE[m][0][0]
+    taken = []
+    real_ensure = runner.KVPool.ensure
+
+    def ensure(pool, rows: int, slots: int) -> None:  # noqa: ANN001
+        real_ensure(pool, rows, slots)
+        taken.append(pool.k[0] is spare)
+
+    monkeypatch.setattr(runner.KVPool, "ensure", ensure)
+    for a, b in zip(fresh, run(prompts[: len(cfgs)], cfgs), strict=True):
+        same(a, b)
+    assert taken and all(taken)

@@ -70,9 +70,12 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
                    on_block=on_block, is_cancelled=None if is_cancelled is None else (lambda i=i: is_cancelled(i)),
                    tag=i)
     outs: dict[int, GenerationOutput] = {}
-    for ev in engine.run():
-        if isinstance(ev, Finished):
-            outs[ev.row] = ev.output
+    try:
+        for ev in engine.run():
+            if isinstance(ev, Finished):
+                outs[ev.row] = ev.output
+    finally:
+        engine.runner.pool.close()
     for o in outs.values():
         o.batch_size, o.batch_forwards = N, engine.forwards
     return [outs[i] for i in range(N)]

@@ -24,7 +24,9 @@ row tables are gathered by index, never looped over in Python.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -37,8 +39,23 @@ def _round(n: int) -> int:
     return -(-n // GROW) * GROW
 
 
+_SPARE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (k, v, rows, slots) of a closed pool
+_SPARE_LOCK = threading.Lock()
+
+
+def _recyclable(model) -> bool:  # noqa: ANN001
+    """Pools of an eager CPU model pass their tables on: fresh memory there costs page faults on every
+    decode, while a GPU's caching allocator keeps freed blocks itself."""
+    return model.device.type == "cpu" and getattr(model, "compiled", None) is None
+
+
 class KVPool:
-    """Keys (after RoPE) and values of the view slots of every cached request, one table row each."""
+    """Keys (after RoPE) and values of the view slots of every cached request, one table row each.
+
+    ``rows`` x ``slots`` is the part in use: slots a row has not written read as masked keys, so they
+    hold zeros (a finite value). On an eager CPU model a pool starts from the tables the model's last
+    closed pool left (:meth:`close`), zeroing only what it comes to use: no fresh memory, whose page
+    faults cost more there than the decode's own writes."""
 
     def __init__(self, model) -> None:  # noqa: ANN001
         self.model = model
@@ -46,28 +63,60 @@ class KVPool:
         self.v: list[torch.Tensor] = []
         self.rows = 0
         self.slots = 0
+        self._spare: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        if _recyclable(model):
+            with _SPARE_LOCK:
+                spare = _SPARE.pop(model, None)
+            if spare is not None and spare[0][0].dtype == model.dtype:
+                self._spare = spare
 
     def ensure(self, rows: int, slots: int) -> None:
-        """Room for ``rows`` table rows of ``slots`` slots: grows (rows doubling, slots by half) by
-        copying, never shrinks. Its size is the peak of the rows that ran at once, each sized for
-        its longest view so far; the engine that owns it frees it."""
+        """Room for ``rows`` table rows of ``slots`` slots: grows (rows doubling, slots by half), never
+        shrinks. Its size is the peak of the rows that ran at once, each sized for its longest view so
+        far; the engine that owns it frees it."""
         if rows <= self.rows and slots <= self.slots:
             return
-        a, m = self.model.args, self.model
+        a = self.model.args
         R = max(rows, 2 * self.rows) if rows > self.rows else self.rows
         S = max(_round(max(slots, self.slots * 3 // 2)), self.slots) if slots > self.slots else self.slots
-        shape = (R, a.n_kv_heads, S, a.head_dim)
-        k = [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in range(a.n_layers)]
-        v = [torch.zeros(shape, dtype=m.dtype, device=m.device) for _ in range(a.n_layers)]
-        for new, old in ((k, self.k), (v, self.v)):
-            for n, o in zip(new, old, strict=False):
-                n[: o.shape[0], :, : o.shape[2]] = o
-        comp = getattr(m, "compiled", None)
-        if comp is not None and comp.static_kv:  # CUDA graphs read the pool in place, never copy it in
-            for t in k + v:
-                torch._dynamo.mark_static_address(t)
-        self.k, self.v, self.rows, self.slots = k, v, R, S
+        if not self.k and self._spare is not None:
+            k, v = self._spare
+            self._spare = None
+            if k[0].shape[0] >= R and k[0].shape[2] >= S:
+                self.k, self.v = k, v
+        if self.k and self.k[0].shape[0] >= R and self.k[0].shape[2] >= S:
+            for t in self.k + self.v:  # the newly used part starts at zero
+                t[: self.rows, :, self.slots:S].zero_()
+                t[self.rows:R, :, :S].zero_()
+        else:
+            shape = (R, a.n_kv_heads, S, a.head_dim)
+            self.k = [self._grown(shape, self.k[i] if self.k else None) for i in range(a.n_layers)]
+            self.v = [self._grown(shape, self.v[i] if self.v else None) for i in range(a.n_layers)]
+            comp = getattr(self.model, "compiled", None)
+            if comp is not None and comp.static_kv:  # CUDA graphs read the pool in place, never copy it in
+                for t in self.k + self.v:
+                    torch._dynamo.mark_static_address(t)
+        self.rows, self.slots = R, S
 
+    def _grown(self, shape: tuple[int, ...], old: torch.Tensor | None) -> torch.Tensor:
+        """A table of ``shape`` holding the used part of ``old`` in its corner, zeros elsewhere."""
+        t = torch.empty(shape, dtype=self.model.dtype, device=self.model.device)
+        if old is None:
+            return t.zero_()
+        r, s = self.rows, self.slots
+        t[:r, :, :s] = old[:r, :, :s]
+        t[:r, :, s:].zero_()
+        t[r:].zero_()
+        return t
+
+    def close(self) -> None:
+        """Let go of the tables (an eager CPU model's next pool takes them over)."""
+        if self.k and _recyclable(self.model):
+            with _SPARE_LOCK:
+                old = _SPARE.get(self.model)
+                if old is None or old[0][0].numel() <= self.k[0].numel():  # the larger one stays
+                    _SPARE[self.model] = (self.k, self.v)
+        self.k, self.v, self.rows, self.slots, self._spare = [], [], 0, 0, None
 
 
 class _Store:
@@ -101,7 +150,8 @@ class _Read:
                  write_at: int | None = None) -> None:
         self.pool, self.rows, self.write_slots, self.width = pool, rows, slots, width
         self.write_at = write_at
-        """Every row's writes fill slots ``write_at..`` (one start, no padding): a slice copy, not a scatter."""
+        """Every row's writes fill slots ``write_at..`` (one start, no padding): a slice copy, not indexed writes."""
+        self._batch = torch.arange(slots.shape[0], device=slots.device)[:, None]
 
     self_contained = False
 
@@ -128,8 +178,11 @@ class _Read:
             K[:, :, a:a + T] = k
             V[:, :, a:a + T] = v
             return K, V
-        idx = self.write_slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        return K.scatter_(2, idx, k), V.scatter_(2, idx, v)
+        # per row its T slots: indexed writes of whole heads (no index tensor of K's size, as a scatter takes)
+        b, slots = self._batch, self.write_slots
+        K[b, :, slots] = k.transpose(1, 2)
+        V[b, :, slots] = v.transpose(1, 2)
+        return K, V
 
 
 def _rows_arg(rows: list[int], dev: torch.device, as_tensor: bool) -> tuple[int, int] | torch.Tensor:
