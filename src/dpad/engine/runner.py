@@ -43,6 +43,11 @@ _SPARE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (k, 
 _SPARE_LOCK = threading.Lock()
 
 
+RECYCLE_MAX_BYTES = 1 << 30
+"""The largest K/V tables a closed pool leaves to the model's next one (larger ones are freed: a big
+model's forwards dwarf the page faults, and the memory is not held between decodes)."""
+
+
 def _recyclable(model) -> bool:  # noqa: ANN001
     """Pools of an eager CPU model pass their tables on: fresh memory there costs page faults on every
     decode, while a GPU's caching allocator keeps freed blocks itself."""
@@ -111,7 +116,8 @@ class KVPool:
 
     def close(self) -> None:
         """Let go of the tables (an eager CPU model's next pool takes them over)."""
-        if self.k and _recyclable(self.model):
+        size = sum(t.numel() * t.element_size() for t in self.k + self.v)
+        if self.k and _recyclable(self.model) and size <= RECYCLE_MAX_BYTES:
             with _SPARE_LOCK:
                 old = _SPARE.get(self.model)
                 if old is None or old[0][0].numel() <= self.k[0].numel():  # the larger one stays
