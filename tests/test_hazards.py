@@ -14,7 +14,7 @@ import dpad
 import dpad.models
 from dpad.api import encode_prompt
 from dpad.config import DecodeConfig
-from dpad.engine import Engine, Finished, decode_batch
+from dpad.engine import Engine, Finished, decode_batch, runner
 from dpad.eval.methods import resolve_config
 from dpad.models.compiled import compile_model
 from dpad.models.layers import Attention, ModelArgs, Rotary
@@ -102,6 +102,10 @@ def test_kv_pool_stays_within_what_its_rows_need(setup: tuple) -> None:
         assert not [e for e in eng.step() if isinstance(e, Finished) and e.output.nfe == 0]
     pool = eng.runner.pool
     assert pool.rows <= 2 * peak_rows and pool.slots <= 1.5 * (peak_view + 1) + 64
+    # the tables held: what the rows use, or tables recycled from an earlier decode (CPU, capped)
+    held = sum(t.numel() * t.element_size() for t in pool.k + pool.v)
+    used = 2 * len(pool.k) * pool.rows * pool.slots * pool.k[0].shape[1] * pool.k[0].shape[3] * pool.k[0].element_size()
+    assert held <= max(used, runner.RECYCLE_MAX_BYTES)
 
 
 def test_compiled_mixed_batch_equals_eager() -> None:
