@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"kind": "serve_load",
               "env": {"device": "cpu", "dtype": "float32", "threads": args.threads, "torch": torch.__version__,
-                      "git": git_revision(), "cpu": platform.processor() or platform.machine(),
+                      "git": git_revision(ROOT), "cpu": platform.processor() or platform.machine(),
                       "cpu_count": os.cpu_count()},
               "model": "embedded", "task": "arith prompts",
               "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
