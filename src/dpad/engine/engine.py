@@ -241,6 +241,12 @@ class Engine:
                 k += 1
         return events
 
+    def close(self) -> None:
+        """Let go of the K/V pool (:meth:`KVPool.close <dpad.engine.runner.KVPool.close>`: on an eager CPU
+        model the model's next engine takes it over). Rows still running lose their K/V: call it when
+        the engine is done."""
+        self.runner.pool.close()
+
     def run(self) -> list[BlockEvent | Finished]:
         """Step until every request is final; returns all events."""
         out: list[BlockEvent | Finished] = []

@@ -75,7 +75,7 @@ def decode_batch(model, prompts: Sequence[list[int] | torch.Tensor], cfg: Decode
             if isinstance(ev, Finished):
                 outs[ev.row] = ev.output
     finally:
-        engine.runner.pool.close()
+        engine.close()
     for o in outs.values():
         o.batch_size, o.batch_forwards = N, engine.forwards
     return [outs[i] for i in range(N)]

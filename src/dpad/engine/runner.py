@@ -39,7 +39,7 @@ def _round(n: int) -> int:
     return -(-n // GROW) * GROW
 
 
-_SPARE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (k, v, rows, slots) of a closed pool
+_SPARE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (k, v) tables of a closed pool
 _SPARE_LOCK = threading.Lock()
 
 
@@ -78,7 +78,7 @@ class KVPool:
     def ensure(self, rows: int, slots: int) -> None:
         """Room for ``rows`` table rows of ``slots`` slots: grows (rows doubling, slots by half), never
         shrinks. Its size is the peak of the rows that ran at once, each sized for its longest view so
-        far; the engine that owns it frees it."""
+        far, until :meth:`close`."""
         if rows <= self.rows and slots <= self.slots:
             return
         a = self.model.args
@@ -157,7 +157,7 @@ class _Read:
         self.pool, self.rows, self.write_slots, self.width = pool, rows, slots, width
         self.write_at = write_at
         """Every row's writes fill slots ``write_at..`` (one start, no padding): a slice copy, not indexed writes."""
-        self._batch = torch.arange(slots.shape[0], device=slots.device)[:, None]
+        self._batch = None if write_at is not None else torch.arange(slots.shape[0], device=slots.device)[:, None]
 
     self_contained = False
 
@@ -302,9 +302,10 @@ class Runner:
                   for r in rows if r.cfg_scale > 0]
         return torch.tensor(m, dtype=torch.long).to(self.dev, non_blocking=True)
 
-    def _inputs(self, rows: Sequence[RowInput], meta: torch.Tensor, T: int, padded: bool):  # noqa: ANN202
-        """Fed ids, positions and view slots [n, T] (``padded``: some row is shorter than T; its
-        padded tokens get position 0, the mask id and ``fvalid`` False, else ``fvalid`` is None), the
+    def _inputs(self, rows: Sequence[RowInput], meta: torch.Tensor, T: int):  # noqa: ANN202
+        """Fed ids, positions and view slots [n, T] (when some row is shorter than T, or lengths are
+        bucketed, its padded tokens get position 0, the mask id and ``fvalid`` False; else ``fvalid``
+        is None), the
         rows' canvases, and the rows of the logits: ``(start, end)`` when every row's block sits at
         one offset of its fed span (batch 1, rows in step), else per row [n, max block length]."""
         crow, start, length, _, bs, _, plen, unc = meta.unbind(1)
@@ -313,7 +314,7 @@ class Runner:
         vc = self.vcols.index_select(0, crow)
         cv = self.canvas.index_select(0, crow)
         fvalid = None
-        if padded:
+        if self.bucket is not None or any(r.length != T for r in rows):
             fvalid = ar[None] < length[:, None]
             pos = vc.gather(1, fidx.clamp(max=vc.shape[1] - 1)).masked_fill(~fvalid, 0)
             ids = cv.gather(1, pos).masked_fill(~fvalid, self.mask_id)
@@ -386,8 +387,7 @@ class Runner:
         unc = any(r.cfg_scale > 0 for r in rows)
         meta = self._meta(rows, unc)
         T = self._width(max(r.length for r in rows))
-        ragged = self.bucket is not None or any(r.length != T for r in rows)
-        ids, pos, _, fvalid, cv, lrows = self._inputs(rows, meta, T, ragged)
+        ids, pos, _, fvalid, cv, lrows = self._inputs(rows, meta, T)
         store = [i for i, r in enumerate(rows) if r.store]
         cache = None
         if store:  # one allocation for every row that starts a block now (rows are added before they start)
@@ -410,9 +410,8 @@ class Runner:
         meta = self._meta(rows, False)
         T = self._width(max(r.length for r in rows))
         S = max(r.size for r in rows)
-        padded = self.bucket is not None or any(r.length != T for r in rows)
-        ids, pos, fidx, fvalid, cv, lrows = self._inputs(rows, meta, T, padded)
-        ragged = self.compiled or padded or any(r.size != S for r in rows)
+        ids, pos, fidx, fvalid, cv, lrows = self._inputs(rows, meta, T)
+        ragged = self.compiled or fvalid is not None or any(r.size != S for r in rows)
         width = self.pool.slots if self.compiled else S + 1 if ragged else S
         slots = fidx.masked_fill(~fvalid, width - 1) if fvalid is not None else fidx
         prow = _rows_arg([r.kvrow for r in rows], self.dev, self.compiled)
@@ -420,7 +419,7 @@ class Runner:
         if ragged:
             km = torch.arange(width, device=self.dev)[None] < meta[:, 3:4]
         # one start for every row and no padding (batch 1, rows in step): the writes are one slice
-        at = rows[0].start if not ragged and not self.compiled and all(r.start == rows[0].start for r in rows) else None
+        at = rows[0].start if not ragged and all(r.start == rows[0].start for r in rows) else None
         out, timing = self._call(rows, ids, pos, _Read(self.pool, prow, slots, width, at), km, lrows)
         cols, block = self._block(rows, meta, cv)
         return out[:real], cols[:real], block[:real], timing
